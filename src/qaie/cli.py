@@ -1,0 +1,121 @@
+"""The `qaie` command line: each subcommand is a parser plus a few lines calling the library.
+
+Heavy modules (torch, litert) are imported inside the handlers, so `qaie enhance` with a
+`.tflite` model never imports torch. User errors (QaieError) print one line on stderr and
+exit with 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from qaie.errors import QaieError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+def _print_json_or_lines(data: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        for key, value in data.items():
+            print(f"{key}: {value}")
+
+
+# --- info -------------------------------------------------------------------------------------
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="parameter count and MACs per pixel of a network width")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_info)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Width and the paper's ablation switches, shared by every command that builds a network."""
+    p.add_argument("--width", type=int, default=32, help="base channel count c (default 32)")
+    p.add_argument("--no-encoder-refiners", action="store_true", help="ablation: 3x3 conv instead")
+    p.add_argument("--no-fusion-refiners", action="store_true", help="ablation: 3x3 conv instead")
+    p.add_argument("--no-output-residual", action="store_true", help="ablation: y = clamp(delta)")
+
+
+def model_config_from_args(args: argparse.Namespace):  # -> ModelConfig (lazy import)
+    from qaie.config import ModelConfig
+
+    return ModelConfig(
+        width=args.width,
+        encoder_refiners=not args.no_encoder_refiners,
+        fusion_refiners=not args.no_fusion_refiners,
+        output_residual=not args.no_output_residual,
+    )
+
+
+def _run_info(args: argparse.Namespace) -> None:
+    from qaie.model import EnhanceNet, macs_per_pixel, param_count
+
+    config = model_config_from_args(args)
+    data = {"params": param_count(EnhanceNet(config)), "macs_per_pixel": macs_per_pixel(config)}
+    _print_json_or_lines(data, args.json)
+
+
+# --- env --------------------------------------------------------------------------------------
+
+
+def _add_env(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("env", help="versions a bug report needs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=lambda args: _print_json_or_lines(versions(), args.json))
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the stack, read from package metadata (imports nothing heavy)."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("qaie", "torch", "torchao", "litert-torch", "ai-edge-litert", "lightning", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+# --- main -------------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_env]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qaie", description="Quantization-aware image enhancement: train, quantize, export, enhance."
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.handler(args)
+    except QaieError as err:
+        if args.debug:
+            raise
+        print(f"qaie {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qaie {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

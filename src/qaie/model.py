@@ -1,0 +1,177 @@
+"""The gated multi-scale enhancement network (QATIE, arXiv 2604.21743).
+
+Three scales (S/2, S/4, S/8). Gated encoder blocks produce two tanh streams a, b and their
+product; the product is refined, a|b is kept as a skip for the fusing decoder. The output is
+a residual: y = clamp(x + delta, 0, 1).
+
+The model knows nothing of quantization, but it is written so PT2E can quantize every op:
+no Python control flow on tensor values, InstanceNorm as mean/sub/rsqrt/mul (integer-friendly),
+resizes to the skip's size so any H, W works.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qaie.config import ModelConfig
+
+# Named widths from the paper's width study; each is the full (non-ablated) network.
+VARIANTS: dict[str, ModelConfig] = {f"qaie_c{c}": ModelConfig(width=c) for c in (16, 24, 32, 64)}
+
+
+class InstanceNorm(nn.Module):
+    """Affine instance norm written as mean/sub/mul/rsqrt so it quantizes to integer ops.
+
+    Same math and state dict (``weight``, ``bias``) as ``nn.InstanceNorm2d(c, affine=True)``.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centered = x - x.mean(dim=(2, 3), keepdim=True)
+        var = (centered * centered).mean(dim=(2, 3), keepdim=True)  # biased, as InstanceNorm2d
+        normed = centered * torch.rsqrt(var + self.eps)
+        return normed * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class RefinementBlock(nn.Module):
+    """UNet-style refinement: (conv3x3-IN-LReLU | conv1x1) -> cat -> 2x(conv3x3-LReLU) + 1x1 proj."""
+
+    def __init__(self, in_ch: int, out_ch: int, relu_slope: float) -> None:
+        super().__init__()
+        self.conv_norm = nn.Conv2d(in_ch, in_ch, 3, padding=1)
+        self.norm = InstanceNorm(in_ch)
+        self.conv_point = nn.Conv2d(in_ch, in_ch, 1)
+        self.conv_a = nn.Conv2d(2 * in_ch, out_ch, 3, padding=1)
+        self.conv_b = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.project = nn.Conv2d(2 * in_ch, out_ch, 1)
+        self.act = nn.LeakyReLU(relu_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([self.act(self.norm(self.conv_norm(x))), self.conv_point(x)], dim=1)
+        out = self.act(self.conv_b(self.act(self.conv_a(both))))
+        return out + self.project(both)
+
+
+class ConvRefiner(nn.Module):
+    """Ablation stand-in for a refinement block: one conv3x3 + LeakyReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, relu_slope: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.act = nn.LeakyReLU(relu_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
+def refiner(in_ch: int, out_ch: int, relu_slope: float, full: bool) -> nn.Module:
+    return RefinementBlock(in_ch, out_ch, relu_slope) if full else ConvRefiner(in_ch, out_ch, relu_slope)
+
+
+class GatedEncoder(nn.Module):
+    """Two parallel stride-2 conv3x3 + tanh; returns (gate a*b, skip a|b)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv_a = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
+        self.conv_b = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.tanh(self.conv_a(x))
+        b = torch.tanh(self.conv_b(x))
+        return a * b, torch.cat([a, b], dim=1)
+
+
+class Upsample(nn.Module):
+    """Nearest resize to a reference tensor's size, then conv3x3 (works for odd sizes)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, size=like.shape[-2:], mode="nearest"))
+
+
+class FusionDecoder(nn.Module):
+    """Upsample the coarser scale, concatenate with refined features and the a|b skip,
+    reduce channels with a 1x1 conv, refine."""
+
+    def __init__(self, in_ch: int, out_ch: int, relu_slope: float, full: bool) -> None:
+        super().__init__()
+        self.up = Upsample(in_ch, out_ch)
+        self.reduce = nn.Conv2d(4 * out_ch, out_ch, 1)  # up (c) + refined (c) + skip a|b (2c)
+        self.refine = refiner(out_ch, out_ch, relu_slope, full)
+
+    def forward(self, coarse: torch.Tensor, refined: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        fused = torch.cat([self.up(coarse, refined), refined, skip], dim=1)
+        return self.refine(self.reduce(fused))
+
+
+class EnhanceNet(nn.Module):
+    """The full network. Input (B, 3, H, W) in [0, 1], output the same shape in [0, 1].
+
+    Args:
+        config: architecture (width and the paper's ablation switches).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, slope = config.width, config.relu_slope
+        self.enc2 = GatedEncoder(3, c)
+        self.refine2 = refiner(c, c, slope, config.encoder_refiners)
+        self.enc4 = GatedEncoder(c, 2 * c)
+        self.refine4 = refiner(2 * c, 2 * c, slope, config.encoder_refiners)
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = RefinementBlock(2 * c, 4 * c, slope)
+        self.dec4 = FusionDecoder(4 * c, 2 * c, slope, config.fusion_refiners)
+        self.dec2 = FusionDecoder(2 * c, c, slope, config.fusion_refiners)
+        self.up1 = Upsample(c, c)
+        self.head = nn.Conv2d(c, 3, 3, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity="leaky_relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate2, skip2 = self.enc2(x)  # (B, c, H/2, W/2), (B, 2c, H/2, W/2)
+        s2 = self.refine2(gate2)
+        gate4, skip4 = self.enc4(s2)  # (B, 2c, H/4, W/4), (B, 4c, H/4, W/4)
+        s4 = self.refine4(gate4)
+        s8 = self.bottleneck(self.pool(s4))  # (B, 4c, H/8, W/8)
+        d4 = self.dec4(s8, s4, skip4)  # (B, 2c, H/4, W/4)
+        d2 = self.dec2(d4, s2, skip2)  # (B, c, H/2, W/2)
+        delta = self.head(self.up1(d2, x))  # (B, 3, H, W)
+        out = x + delta if self.config.output_residual else delta
+        return torch.clamp(out, 0.0, 1.0)
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_pixel(config: ModelConfig, size: int = 256) -> float:
+    """Multiply-accumulates of the convolutions per input pixel, counted on a size x size input."""
+    model = EnhanceNet(config)
+    total = 0
+
+    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(module, nn.Conv2d)
+        kh, kw = module.kernel_size
+        total += output.numel() * module.in_channels * kh * kw // module.groups
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return total / (size * size)
