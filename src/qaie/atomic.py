@@ -36,9 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent or "."
-        )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
     except OSError as err:
         raise QaieError(f"{path}: cannot write ({err.strerror})") from err
     os.close(fd)
