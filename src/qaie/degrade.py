@@ -205,9 +205,7 @@ def psf(params: CameraParams) -> np.ndarray:
     so a sub-pixel shift or a sigma well below a pixel stays exact.
     """
     half_motion = params.motion_px / 2
-    radius = (
-        math.ceil(3 * params.blur_sigma + half_motion + max(abs(params.shift_x), abs(params.shift_y))) + 1
-    )
+    radius = psf_radius(params)
     grid = np.arange(-radius, radius + 1, dtype=np.float64)  # pixel centres
     sigma = max(params.blur_sigma, 1e-3)
     steps = np.linspace(-half_motion, half_motion, max(1, math.ceil(params.motion_px * 2) + 1))
@@ -217,6 +215,13 @@ def psf(params: CameraParams) -> np.ndarray:
         cy = params.shift_y + t * math.sin(params.motion_angle)
         kernel += np.outer(_pixel_gaussian(grid, cy, sigma), _pixel_gaussian(grid, cx, sigma))
     return (kernel / kernel.sum()).astype(np.float32)
+
+
+def psf_radius(params: CameraParams) -> int:
+    """Half the PSF size: how far, in pixels, the optics pull content in from. A window degraded
+    with this margin around a crop gives the crop the optics of the whole photo."""
+    reach = 3 * params.blur_sigma + params.motion_px / 2 + max(abs(params.shift_x), abs(params.shift_y))
+    return math.ceil(reach) + 1
 
 
 def blockiness(image: np.ndarray) -> float:
