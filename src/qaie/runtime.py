@@ -1,0 +1,333 @@
+"""The LiteRT runtime: run an exported `.tflite` on photos of any size.
+
+Torch-free by design (ai-edge-litert, numpy only), so `qaie enhance` runs where the phone
+model runs. Exported models have fixed input sizes (one signature per size, NHWC, float in
+[0, 1] or integers with a scale/zero point); a photo is reflect-padded up to a size or cut
+into overlapping tiles whose outputs are blended with raised-cosine weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from qaie.errors import QaieError
+from qaie.imageio import MIN_SIZE
+
+Size = tuple[int, int]  # (H, W)
+
+# The network's coarsest scale is S/8: tiles start on this grid so each tile's pixels are
+# computed with the same stride phases as in a whole-image run.
+ALIGN = 8
+DEFAULT_OVERLAP = 32
+
+
+def parse_size(text: str) -> Size:
+    """'HxW' (or 'N' for NxN) -> (H, W); the form every `--size`/`--tile` flag takes."""
+    parts = text.strip().lower().split("x")
+    try:
+        h, w = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
+    except ValueError:  # not integers, or more than two parts
+        h = w = 0
+    if min(h, w) < MIN_SIZE:
+        raise QaieError(f"size {text!r}: expected HxW with both sides at least {MIN_SIZE} (e.g. 256x256)")
+    return h, w
+
+
+def parse_sizes(text: str) -> list[Size]:
+    """'HxW[,HxW...]' -> [(H, W), ...]."""
+    return [parse_size(part) for part in text.split(",")]
+
+
+def parse_counts(text: str, what: str) -> list[int]:
+    """'1,2' -> [1, 2]: positive integers such as thread counts; `what` names the flag."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise QaieError(f"{what} {text!r}: expected positive integers separated by commas (e.g. 1,2)")
+    return counts
+
+
+def format_size(size: Size) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def default_threads() -> int:
+    """CPU cores this process may use (the interpreter itself defaults to one thread)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class PixelCodec:
+    """How uint8 pixels map to one model tensor: float in [0, 1], or integers q with
+    pixel / 255 = (q - zero_point) * scale (e.g. int8 with scale 1/255, zero point -128)."""
+
+    dtype: np.dtype
+    scale: float = 1.0 / 255.0
+    zero_point: int = 0
+
+    @classmethod
+    def from_details(cls, details: dict) -> PixelCodec | None:
+        """The codec of a tensor as the interpreter describes it; None if pixels cannot map to it."""
+        dtype = np.dtype(details["dtype"])
+        if dtype.kind == "f":
+            return cls(dtype)
+        scale, zero_point = details["quantization"]
+        if dtype.kind in "iu" and scale > 0:
+            return cls(dtype, float(scale), int(zero_point))
+        return None
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (..., 3) -> model input values."""
+        if self.dtype.kind == "f":
+            return (pixels * np.float32(1.0 / 255.0)).astype(self.dtype)
+        q = np.rint(pixels * np.float32(1.0 / (255.0 * self.scale))) + self.zero_point
+        info = np.iinfo(self.dtype)
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def decode(self, values: np.ndarray) -> np.ndarray:
+        """Model output values -> uint8 pixels (rounded, clipped)."""
+        if self.dtype.kind == "f":
+            pixels = values.astype(np.float32) * np.float32(255.0)
+        else:
+            pixels = (values.astype(np.float32) - self.zero_point) * np.float32(self.scale * 255.0)
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One exported size: a signature with one (1, H, W, 3) input and one output of that shape."""
+
+    key: str
+    size: Size
+    input_name: str
+    output_name: str
+    input: PixelCodec
+    output: PixelCodec
+
+
+def _usable_signature(key: str, runner) -> Signature | None:
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    if len(inputs) != 1 or len(outputs) != 1:
+        return None
+    (in_name, in_det), (out_name, out_det) = *inputs.items(), *outputs.items()
+    shape = tuple(int(d) for d in in_det["shape"])
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or tuple(out_det["shape"]) != shape:
+        return None
+    codec_in, codec_out = PixelCodec.from_details(in_det), PixelCodec.from_details(out_det)
+    if codec_in is None or codec_out is None:
+        return None
+    return Signature(key, (shape[1], shape[2]), in_name, out_name, codec_in, codec_out)
+
+
+class TileModel(Protocol):
+    """What tiling needs from a model: its fixed sizes and a run on one tile of such a size."""
+
+    @property
+    def sizes(self) -> tuple[Size, ...]: ...
+
+    def run(self, tile: np.ndarray) -> np.ndarray: ...
+
+
+class TFLiteModel:
+    """An exported enhancement model in the LiteRT interpreter.
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: interpreter threads (default: all cores this process may use).
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.num_threads = default_threads() if num_threads is None else num_threads
+        if not isinstance(self.num_threads, int) or self.num_threads < 1:
+            raise QaieError(f"thread count must be a positive integer, got {self.num_threads!r}")
+        if not self.path.is_file():
+            raise QaieError(f"{self.path}: model file not found")
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
+        except (ValueError, RuntimeError) as err:
+            reason = str(err).split(".")[0]
+            raise QaieError(f"{self.path}: not a TFLite model ({reason}); pass an exported .tflite") from None
+        self._runners = {}
+        signatures = {}
+        for key in self._interpreter.get_signature_list():
+            runner = self._interpreter.get_signature_runner(key)
+            sig = _usable_signature(key, runner)
+            if sig is not None and sig.size not in signatures:
+                signatures[sig.size], self._runners[sig.size] = sig, runner
+        if not signatures:
+            raise QaieError(
+                f"{self.path}: no signature with one (1, H, W, 3) image input and output; "
+                "export it with `qaie export`"
+            )
+        self.signatures: dict[Size, Signature] = dict(sorted(signatures.items(), key=lambda kv: kv[0]))
+
+    @property
+    def sizes(self) -> tuple[Size, ...]:
+        """Exported (H, W) sizes, ascending."""
+        return tuple(self.signatures)
+
+    @property
+    def is_int8(self) -> bool:
+        """True when the model takes and returns integers (an INT8 export)."""
+        return any(
+            s.input.dtype.kind in "iu" or s.output.dtype.kind in "iu" for s in self.signatures.values()
+        )
+
+    def run(self, tile: np.ndarray) -> np.ndarray:
+        """Enhance one tile: uint8 (H, W, 3) of an exported size -> uint8 (H, W, 3)."""
+        size = tile.shape[:2]
+        sig = self.signatures.get(size)
+        assert sig is not None and tile.shape[2:] == (3,) and tile.dtype == np.uint8, tile.shape
+        result = self._runners[size](**{sig.input_name: sig.input.encode(tile)[None]})  # (1, H, W, 3)
+        return sig.output.decode(result[sig.output_name][0])
+
+
+def check_tile(model: TileModel, tile: Size) -> None:
+    if tile not in model.sizes:
+        available = ", ".join(format_size(s) for s in model.sizes)
+        raise QaieError(f"tile {format_size(tile)} is not an exported size of the model ({available})")
+
+
+def check_pixels(pixels: np.ndarray) -> Size:
+    """(H, W) of an RGB uint8 image the network can take; QaieError for too small images."""
+    assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8, pixels.shape
+    h, w = pixels.shape[:2]
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise QaieError(f"image is {w}x{h} pixels; the network needs at least {MIN_SIZE}x{MIN_SIZE}")
+    return h, w
+
+
+def choose_tile(sizes: tuple[Size, ...], image: Size) -> Size:
+    """The smallest exported size that holds the whole image, else the largest (fewest seams)."""
+    fitting = [s for s in sizes if s[0] >= image[0] and s[1] >= image[1]]
+    return min(fitting, key=lambda s: s[0] * s[1]) if fitting else max(sizes, key=lambda s: s[0] * s[1])
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of one image go: the reflect-padded size and each axis' tile starts."""
+
+    tile: Size
+    padded: Size
+    ys: list[int]
+    xs: list[int]
+
+    @property
+    def count(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+
+def plan_tiles(image: Size, tile: Size, overlap: int | None = None) -> TilePlan:
+    """Tile an (H, W) image with tiles that overlap by at least `overlap` pixels (default
+    DEFAULT_OVERLAP, less for small tiles); an image that fits gets one padded tile."""
+    (h, w), (th, tw) = image, tile
+    ph, pw = _padded_length(h, th), _padded_length(w, tw)
+    if (ph, pw) != (th, tw):
+        max_overlap = min(th, tw) - 3 * ALIGN  # keeps tile starts distinct on the ALIGN grid
+        overlap = min(DEFAULT_OVERLAP, max_overlap) if overlap is None else overlap
+        if not 0 <= overlap <= max_overlap:
+            raise QaieError(
+                f"overlap {overlap} must be between 0 and {max_overlap} for tile {format_size(tile)}"
+            )
+    return TilePlan(tile, (ph, pw), tile_starts(ph, th, overlap or 0), tile_starts(pw, tw, overlap or 0))
+
+
+def _padded_length(length: int, tile: int) -> int:
+    """Pad up to the tile, or so that the last tile (at length - tile) starts on the ALIGN grid."""
+    return tile if length <= tile else length + (tile - length) % ALIGN
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets along one axis of (padded) `length`: first at 0, last at length - tile,
+    the others spread evenly on the ALIGN grid so neighbours overlap by more than `overlap`."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / (tile - overlap - ALIGN)) + 1  # step <= that: gaps < tile - overlap
+    step = (length - tile) / (n - 1)
+    return [int(i * step) // ALIGN * ALIGN for i in range(n - 1)] + [length - tile]
+
+
+def _ramp(n: int) -> np.ndarray:
+    """Raised cosine rising over n pixels, never exactly 0 (its mirror sums with it to 1)."""
+    return (np.sin(np.pi / 2 * (np.arange(n, dtype=np.float32) + 0.5) / n) ** 2).astype(np.float32)
+
+
+def axis_weights(starts: list[int], tile: int) -> list[np.ndarray]:
+    """Per-tile 1-D blending weights along one axis: ramps across the overlap with each
+    neighbour, 1 elsewhere, so image borders keep full weight and tile borders fade out."""
+    weights = []
+    for k, start in enumerate(starts):
+        w = np.ones(tile, np.float32)
+        if k > 0:
+            n = starts[k - 1] + tile - start
+            w[:n] *= _ramp(n)
+        if k < len(starts) - 1:
+            n = start + tile - starts[k + 1]
+            w[tile - n :] *= _ramp(n)[::-1]
+        weights.append(w)
+    return weights
+
+
+def _axis_total(starts: list[int], weights: list[np.ndarray], length: int) -> np.ndarray:
+    total = np.zeros(length, np.float32)
+    for start, w in zip(starts, weights, strict=True):
+        total[start : start + len(w)] += w
+    return total
+
+
+def enhance_image(
+    model: TileModel,
+    pixels: np.ndarray,
+    *,
+    tile: Size | None = None,
+    overlap: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Enhance an RGB photo of any size: uint8 (H, W, 3) -> uint8 (H, W, 3).
+
+    An image that fits an exported size is reflect-padded to it and cropped back. A larger one
+    is cut into overlapping tiles of `tile` (default: the largest exported size; see
+    plan_tiles); each tile's output is weighted by a separable raised-cosine window and
+    accumulated, so seams fade across the whole overlap. Memory: one float32 accumulator the
+    size of the image, tile-sized temporaries, never whole-image activations.
+    `progress(done, total)` is called after each tile.
+    """
+    h, w = check_pixels(pixels)
+    tile = tile or choose_tile(model.sizes, (h, w))
+    check_tile(model, tile)
+    plan = plan_tiles((h, w), tile, overlap)
+    (th, tw), (ph, pw) = tile, plan.padded
+    if (ph, pw) != (h, w):
+        pixels = np.pad(pixels, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")  # (ph, pw, 3)
+    if plan.count == 1:
+        out = model.run(pixels)[:h, :w]
+        if progress:
+            progress(1, 1)
+        return out
+    wys, wxs = axis_weights(plan.ys, th), axis_weights(plan.xs, tw)
+    rows, cols = list(zip(plan.ys, wys, strict=True)), list(zip(plan.xs, wxs, strict=True))
+    acc = np.zeros((ph, pw, 3), np.float32)  # sum of weighted tile outputs
+    for done, ((y, wy), (x, wx)) in enumerate(itertools.product(rows, cols), 1):
+        out = model.run(np.ascontiguousarray(pixels[y : y + th, x : x + tw]))  # (th, tw, 3) uint8
+        acc[y : y + th, x : x + tw] += out * (wy[:, None, None] * wx[None, :, None])
+        if progress:
+            progress(done, plan.count)
+    # The window is separable, so the total weight is an outer product of 1-D sums.
+    acc /= _axis_total(plan.ys, wys, ph)[:, None, None]
+    acc /= _axis_total(plan.xs, wxs, pw)[None, :, None]
+    result = acc[:h, :w]
+    np.rint(result, out=result)
+    return np.clip(result, 0, 255, out=result).astype(np.uint8)
