@@ -85,9 +85,47 @@ def versions() -> dict[str, str]:
     return out
 
 
+# --- camera-stats -----------------------------------------------------------------------------
+
+
+def _add_camera_stats(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("camera-stats", help="compare the synthetic camera with real old-phone photos")
+    p.add_argument("--real", required=True, metavar="DIR", help="real phone photos")
+    p.add_argument("--clean", required=True, metavar="DIR", help="clean photos to degrade")
+    p.add_argument("--limit", type=int, help="first N clean photos only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled cameras (default 0)")
+    p.add_argument("--out", metavar="FILE.md", help="write the Markdown table to FILE.md (default: print it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(handler=_run_camera_stats)
+
+
+def _run_camera_stats(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from qaie.atomic import check_writable, write_text_atomic
+    from qaie.camera_stats import compare, folder_images, to_markdown
+    from qaie.degrade import CameraModel
+
+    if args.out:
+        check_writable(Path(args.out), overwrite=args.overwrite)
+    real, clean = folder_images(Path(args.real)), folder_images(Path(args.clean), args.limit)
+    with tqdm(total=len(real) + len(clean), unit="photo", disable=None, file=sys.stderr) as bar:
+        result = compare(real, clean, CameraModel(), seed=args.seed, progress=lambda _: bar.update())
+    limit = f" --limit {args.limit}" if args.limit else ""
+    command = f"qaie camera-stats --real {args.real} --clean {args.clean}{limit} --seed {args.seed}"
+    page = to_markdown(result, command + (f" --out {args.out}" if args.out else ""))
+    if args.out:
+        write_text_atomic(args.out, page)
+        print(f"wrote {args.out}")
+    else:
+        print(page, end="")
+
+
 # --- main -------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_env]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_env, _add_camera_stats]
 
 
 def build_parser() -> argparse.ArgumentParser:
