@@ -123,9 +123,102 @@ def _run_camera_stats(args: argparse.Namespace) -> None:
         print(page, end="")
 
 
+# --- enhance ----------------------------------------------------------------------------------
+
+
+def _add_enhance(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("enhance", help="enhance photos of any size with an exported model")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
+    p.add_argument("-o", "--out", required=True, help="output file (one input file) or folder")
+    p.add_argument("--model", help="exported FILE.tflite (default: the model shipped in the package)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1..100 (default 95)")
+    p.add_argument("--format", help="output format for a folder: jpg, png, ... (default: the input's)")
+    p.add_argument("--threads", help="interpreter threads (default: all cores)")
+    p.add_argument("--tile", metavar="HxW", help="tile size, one of the model's sizes (default: largest)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(handler=_run_enhance)
+
+
+def _run_enhance(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from qaie.enhance import enhance_files, load_model, plan_jobs
+    from qaie.runtime import parse_counts, parse_size
+
+    tile = parse_size(args.tile) if args.tile else None
+    threads = parse_counts(args.threads, "--threads")[0] if args.threads else None
+    model = load_model(args.model, threads)
+    jobs = plan_jobs(args.inputs, args.out, fmt=args.format, overwrite=args.overwrite)
+    single, failed = len(jobs) == 1, 0
+    with tqdm(total=len(jobs), unit="tile" if single else "image", disable=None, file=sys.stderr) as bar:
+
+        def on_tile(done: int, total: int) -> None:  # one photo: its tiles are the progress
+            if single:
+                bar.total = total
+                bar.update(done - bar.n)
+
+        for result in enhance_files(jobs, model, quality=args.quality, tile=tile, progress=on_tile):
+            if result.error:
+                failed += 1
+                tqdm.write(f"qaie enhance: error: {result.error}", file=sys.stderr)
+            elif result.note:
+                tqdm.write(f"qaie enhance: warning: {result.job.src}: {result.note}", file=sys.stderr)
+            if not single:
+                bar.update()
+    if failed < len(jobs):
+        print(
+            f"wrote {jobs[0].dst}"
+            if single
+            else f"wrote {len(jobs) - failed} of {len(jobs)} images to {args.out}"
+        )
+    return 2 if failed else 0
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency and peak memory of a .tflite in the LiteRT interpreter")
+    p.add_argument("model", metavar="FILE.tflite")
+    p.add_argument(
+        "--size", help="frame sizes HxW[,HxW...]; larger than exported = tiled (default: exported)"
+    )
+    p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (default 1)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per configuration (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (or stdout, no table)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    p.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> None:
+    import pathlib
+
+    from qaie.atomic import check_writable, write_text_atomic
+    from qaie.bench import bench, format_table
+    from qaie.runtime import parse_counts, parse_sizes
+
+    sizes = parse_sizes(args.size) if args.size else None
+    to_file = args.json not in (None, "-")
+    if to_file:
+        check_writable(pathlib.Path(args.json), args.overwrite)
+    report = bench(
+        args.model, sizes, parse_counts(args.threads, "--threads"), runs=args.runs, warmup=args.warmup
+    )
+    if to_file:
+        write_text_atomic(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
+    print(json.dumps(report.to_dict(), indent=2) if args.json == "-" else format_table(report))
+
+
 # --- main -------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_env, _add_camera_stats]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_info,
+    _add_env,
+    _add_enhance,
+    _add_bench,
+    _add_camera_stats,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

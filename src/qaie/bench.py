@@ -1,0 +1,146 @@
+"""Latency and memory of an exported model in the LiteRT interpreter (`qaie bench`).
+
+Each (frame size, threads) configuration runs in a fresh Python process, so its peak RSS
+(`getrusage` maxrss) belongs to that configuration alone: `peak_rss_mb` is the whole
+process, `model_rss_mb` the growth over the process after importing the runtime (the
+interpreter, its tensor arenas, the frame and the tiling buffers). A frame of an exported size
+is one interpreter call; a smaller one is padded, a larger one enhanced in tiles
+(`enhance_image`), which is what a user of that frame size gets. Times include the
+uint8 <-> model-tensor conversion; warm-up runs are excluded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qaie.errors import QaieError
+from qaie.runtime import Size, TFLiteModel, choose_tile, enhance_image, format_size, plan_tiles
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One (frame size, threads) measurement; times in milliseconds over `runs` timed runs."""
+
+    size: str  # frame "HxW"
+    threads: int
+    mode: str  # "direct" (an exported size), "padded" (smaller) or "tiled" (larger)
+    tile: str  # exported size the interpreter runs
+    tiles: int  # interpreter calls per frame
+    runs: int
+    warmup: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    peak_rss_mb: float
+    model_rss_mb: float
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    model: str
+    file_bytes: int
+    int8: bool
+    machine: str
+    cpus: int
+    rows: list[BenchRow]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def frame_mode(model: TFLiteModel, size: Size) -> tuple[str, Size, int]:
+    """How a frame of `size` runs: mode, the exported size used, and interpreter calls per frame."""
+    tile = choose_tile(model.sizes, size)
+    plan = plan_tiles(size, tile)
+    mode = "direct" if size == tile else "padded" if plan.count == 1 else "tiled"
+    return mode, tile, plan.count
+
+
+def bench(
+    path: str | os.PathLike, sizes: list[Size] | None, threads: list[int], *, runs: int = 10, warmup: int = 2
+) -> BenchReport:
+    """Measure every (size, threads) pair, each in a fresh process (default sizes: the exported ones)."""
+    path = Path(path)
+    if runs < 1 or warmup < 0:
+        raise QaieError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    model = TFLiteModel(path, num_threads=1)  # fails here, once, on a bad file
+    rows = []
+    for size in sizes or list(model.sizes):
+        frame_mode(model, size)  # a bad size fails before any run
+        for n in threads:
+            rows.append(_measure_in_subprocess(path, size, n, runs, warmup))
+    return BenchReport(
+        str(path), path.stat().st_size, model.is_int8, platform.platform(), os.cpu_count() or 1, rows
+    )
+
+
+def format_table(report: BenchReport) -> str:
+    """The report as a text table, one row per configuration."""
+    kind = "INT8" if report.int8 else "float"
+    lines = [
+        f"{report.model}: {kind}, {report.file_bytes / 1e6:.2f} MB; {report.machine}, {report.cpus} CPUs",
+        f"{'size':>11} {'thr':>3}  {'run as':<22} {'median ms':>9} {'p10-p90 ms':>15} {'min ms':>8} {'peak MB':>7}",
+    ]
+    for r in report.rows:
+        how = f"{r.mode} {r.tile}" + (f" x{r.tiles}" if r.tiles > 1 else "")
+        spread = f"{r.p10_ms:.1f}-{r.p90_ms:.1f}"
+        lines.append(
+            f"{r.size:>11} {r.threads:>3}  {how:<22} {r.median_ms:>9.1f} {spread:>15} {r.min_ms:>8.1f} "
+            f"{r.peak_rss_mb:>7.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _measure_in_subprocess(path: Path, size: Size, threads: int, runs: int, warmup: int) -> BenchRow:
+    args = [sys.executable, "-m", "qaie.bench", str(path), *map(str, (*size, threads, runs, warmup))]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise QaieError(f"{path}: benchmark of {format_size(size)} with {threads} threads failed: {last}")
+    return BenchRow(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(path: Path, size: Size, threads: int, runs: int, warmup: int) -> BenchRow:
+    """Time one configuration in this process (call it in a fresh one for honest memory)."""
+    base_mb = _max_rss_mb()
+    model = TFLiteModel(path, num_threads=threads)
+    mode, tile, tiles = frame_mode(model, size)
+    frame = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)  # content-independent
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        enhance_image(model, frame, tile=tile)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    peak_mb = _max_rss_mb()
+    return BenchRow(
+        format_size(size), threads, mode, format_size(tile), tiles, runs, warmup,
+        *(round(float(t), 3) for t in (median, p10, p90, min(times), max(times))),
+        round(peak_mb, 1), round(peak_mb - base_mb, 1),
+    )  # fmt: skip
+
+
+if __name__ == "__main__":  # the fresh process of one configuration: prints its row as JSON
+    import ai_edge_litert.interpreter  # noqa: F401  (imported before the baseline RSS is taken)
+
+    model_path, h, w, n_threads, n_runs, n_warmup = sys.argv[1:]
+    row = measure(Path(model_path), (int(h), int(w)), int(n_threads), int(n_runs), int(n_warmup))
+    print(json.dumps(dataclasses.asdict(row)))

@@ -1,0 +1,74 @@
+"""`qaie bench`: one fresh process per (size, threads), the rows it reports, its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from qaie.bench import BenchRow
+from qaie.cli import main
+
+
+def test_bench_json_rows(tmp_path, tiny_tflite, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", str(tiny_tflite), "--size", "96x96,80x60,200x300", "--threads", "1,2"]
+    assert main([*args, "--runs", "3", "--warmup", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == str(tiny_tflite) and report["file_bytes"] == tiny_tflite.stat().st_size
+    assert report["int8"] is False and report["cpus"] >= 1
+    rows = report["rows"]
+    assert [(r["size"], r["threads"]) for r in rows] == [
+        (s, t) for s in ("96x96", "80x60", "200x300") for t in (1, 2)
+    ]
+    assert {tuple(r) for r in rows} == {tuple(f.name for f in dataclasses.fields(BenchRow))}
+    modes = {r["size"]: (r["mode"], r["tile"], r["tiles"]) for r in rows}
+    assert modes["96x96"] == ("direct", "96x96", 1)
+    assert modes["80x60"] == ("padded", "96x96", 1)
+    assert modes["200x300"][:2] == ("tiled", "192x256") and modes["200x300"][2] == 4
+    for r in rows:
+        assert r["runs"] == 3 and r["warmup"] == 1
+        assert 0 < r["min_ms"] <= r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
+        assert r["peak_rss_mb"] > r["model_rss_mb"] >= 0  # growth of the high-water mark: 0 if tiny
+    table = capsys.readouterr().out
+    assert "tiled 192x256 x4" in table and table.count("\n") == 2 + len(rows)
+
+
+def test_bench_json_to_stdout_defaults_to_exported_sizes(tiny_tflite, capsys):
+    assert main(["bench", str(tiny_tflite), "--runs", "1", "--warmup", "0", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["size"], r["threads"], r["mode"]) for r in rows] == [
+        ("96x96", 1, "direct"),
+        ("192x256", 1, "direct"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "96"], None),  # valid: NxN
+        (["--size", "96x"], "size '96x': expected HxW"),
+        (["--threads", "1,0"], "--threads '1,0': expected positive integers"),
+        (["--runs", "0"], "need runs >= 1"),
+    ],
+)
+def test_bench_arguments(tiny_tflite, capsys, args, message):
+    code = main(["bench", str(tiny_tflite), "--runs", "1", "--warmup", "0", *args])
+    err = capsys.readouterr().err.strip()
+    if message is None:
+        assert code == 0
+    else:
+        assert code == 2 and err.startswith(f"qaie bench: error: {message}"), err
+
+
+def test_bench_bad_model_and_existing_json(tmp_path, tiny_tflite, capsys):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"nope" * 10)
+    assert main(["bench", str(bad)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"qaie bench: error: {bad}: not a TFLite model")
+    existing = tmp_path / "b.json"
+    existing.write_text("{}")
+    assert main(["bench", str(tiny_tflite), "--json", str(existing)]) == 2
+    assert "output exists; pass --overwrite" in capsys.readouterr().err
+    assert existing.read_text() == "{}"
