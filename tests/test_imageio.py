@@ -140,7 +140,7 @@ def test_every_mode_becomes_uint8_rgb_with_a_note(tmp_path: Path, mode: str, fmt
 def test_plain_rgb_has_no_note(tmp_path: Path) -> None:
     path = _save_mode(tmp_path, "RGB")
     image = read_rgb(path)
-    assert image.note is None
+    assert image.note is None and image.pixels.flags.writeable and image.pixels.flags.c_contiguous
     np.testing.assert_array_equal(image.pixels, _photo(16, 20))
 
 

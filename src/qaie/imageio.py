@@ -89,7 +89,8 @@ def read_rgb(path: str | os.PathLike, min_size: int = MIN_SIZE, max_pixels: int 
     h, w = pixels.shape[:2]
     if min(h, w) < min_size:
         raise QaieError(f"{path}: image is {w}x{h}, smaller than the minimum {min_size}x{min_size}")
-    return RGBImage(np.ascontiguousarray(pixels), "; ".join(notes) or None)
+    # Pillow's arrays can be read-only views: hand out a writable C-contiguous array (torch.from_numpy).
+    return RGBImage(np.require(pixels, np.uint8, ["C", "W"]), "; ".join(notes) or None)
 
 
 def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
