@@ -210,6 +210,123 @@ def _run_bench(args: argparse.Namespace) -> None:
     print(json.dumps(report.to_dict(), indent=2) if args.json == "-" else format_table(report))
 
 
+# --- train ------------------------------------------------------------------------------------
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a network (FP32, or QAT with --qat) on Lightning")
+    p.add_argument("--data", required=True, help="data spec: builtin | synthetic:DIR | pairs:DIR | dped:DIR")
+    p.add_argument("--out", required=True, help="run folder: best.ckpt, last.ckpt, metrics.csv, config.json")
+    p.add_argument("--epochs", type=int, default=50, help="total epochs (default 50, the paper's)")
+    add_model_args(p)
+    p.add_argument("--batch-size", type=int, default=16, help="crops per step and device (default 16)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4; 1e-5 with --qat)")
+    p.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up, then cosine (default 1)")
+    p.add_argument("--crop", type=int, default=100, help="training crop size (default 100, as DPED)")
+    p.add_argument("--repeats", type=int, default=1, help="crops per image per epoch (default 1)")
+    p.add_argument("--loss", default="paper", help="paper | msssim | l1 (default paper)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, crops, degradations, order")
+    p.add_argument(
+        "--val-crop", type=int, help="validation centre crop (default 128; --crop with --qat; 0: whole)"
+    )
+    p.add_argument("--val-limit", type=int, help="validate on the first N images only")
+    p.add_argument("--precision", default="32", help="32 | bf16-mixed (default 32)")
+    p.add_argument("--accelerator", default="auto", help="auto | cpu | cuda (default auto: CUDA if present)")
+    p.add_argument("--devices", type=int, default=1, help="devices per node (default 1)")
+    p.add_argument("--num-nodes", type=int, default=1, help="nodes (default 1)")
+    p.add_argument("--strategy", default="auto", help="auto | ddp | ddp_spawn (default auto)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
+    p.add_argument("--qat", action="store_true", help="quantization-aware training (fake int8)")
+    p.add_argument("--init", help="FP32 checkpoint to start from (QAT fine-tuning)")
+    p.add_argument("--freeze-observers-after", type=int, metavar="STEPS", help="QAT: freeze observers")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from qaie.train import FP32_LR, QAT_LR, TrainConfig, train
+
+    val_crop = args.val_crop if args.val_crop is not None else (args.crop if args.qat else 128)
+    config = TrainConfig(
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr if args.lr is not None else (QAT_LR if args.qat else FP32_LR),
+        warmup_epochs=args.warmup_epochs,
+        crop=args.crop,
+        repeats=args.repeats,
+        loss=args.loss,
+        seed=args.seed,
+        val_crop=val_crop or None,
+        val_limit=args.val_limit,
+        precision=args.precision,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        accelerator=args.accelerator,
+        num_workers=args.num_workers,
+        qat=args.qat,
+        init=args.init,
+        freeze_observers_after=args.freeze_observers_after,
+    )
+    result = train(model_config_from_args(args), config, args.out, resume=args.resume)
+    if result.rank != 0:
+        return 0
+    if result.already_finished:
+        print(
+            f"{result.run_dir}: run already finished its {result.epochs_done} epochs; pass a larger --epochs"
+        )
+        return 0
+    if result.interrupted:
+        held = (
+            f"holds epoch {result.epochs_done}"
+            if result.epochs_done
+            else "was not written (no epoch finished)"
+        )
+        print(f"qaie train: interrupted; {result.last} {held}; continue with --resume", file=sys.stderr)
+        return 130
+    print(
+        f"{result.run_dir}: {result.epochs_done} epochs in {result.wall_s:.0f} s; best val PSNR "
+        f"{result.best_val_psnr:.2f} dB -> {result.best} (last: {result.last}, metrics.csv)"
+    )
+    return 0
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="PSNR/SSIM of a model (.ckpt or .tflite) vs its input baseline")
+    p.add_argument("model", help="checkpoint (.ckpt) or exported model (.tflite)")
+    p.add_argument("--data", required=True, help="data spec: builtin | synthetic:DIR | pairs:DIR | dped:DIR")
+    p.add_argument("--split", default="test", choices=("test", "val"), help="default test")
+    p.add_argument("--crop", type=int, help="centre crop size (default: whole images)")
+    p.add_argument("--limit", type=int, help="first N images only")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable, write_text_atomic
+    from qaie.data import make_dataset
+    from qaie.evaluate import evaluate, predictor_for
+    from qaie.train import VAL_SEED
+
+    if args.json:
+        check_writable(Path(args.json), overwrite=args.overwrite)
+    dataset = make_dataset(args.data, args.split, crop=args.crop, seed=VAL_SEED, limit=args.limit)
+    result = evaluate(predictor_for(args.model), dataset, model=args.model, data=args.data, split=args.split)
+    print(f"{args.model} on {args.data} ({args.split}, {result.n_images} images)")
+    print(f"  model: PSNR {result.psnr:.3f} dB  SSIM {result.ssim:.4f}")
+    print(f"  input: PSNR {result.input_psnr:.3f} dB  SSIM {result.input_ssim:.4f}  (baseline)")
+    print(f"  convention: {result.convention}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+
+
 # --- main -------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -217,6 +334,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_env,
     _add_enhance,
     _add_bench,
+    _add_train,
+    _add_evaluate,
     _add_camera_stats,
 ]
 

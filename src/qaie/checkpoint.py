@@ -1,0 +1,189 @@
+"""One checkpoint format for FP32, QAT and PTQ models; every command loads through `load_model`.
+
+A checkpoint carries its own configuration, so it rebuilds itself (as nanoGPT's do). It is a
+`torch.save`d dict that loads with ``weights_only=True`` (plain data and tensors only):
+
+    format        FORMAT (an int, bumped on incompatible changes)
+    model_config  dict of qaie.config.ModelConfig
+    train_config  dict of qaie.train.TrainConfig, or None (e.g. written by PTQ calibration)
+    quant         None (FP32 EnhanceNet) | "qat" | "ptq" (a prepared PT2E GraphModule)
+    example_size  [H, W] the quantized graph was prepared at (PT2E graphs have a fixed size),
+                  or None for FP32
+    state_dict    the network's state dict (no prefix): EnhanceNet's, or the prepared graph's
+                  (weights plus fake-quant / observer scales)
+
+Checkpoints written by `qaie train` are Lightning checkpoints with these keys added at the
+top level (plus Lightning's own: epoch, optimizer and scheduler states, callbacks, loops),
+so `--resume` works through Lightning and everything else through this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from qaie.atomic import atomic_path
+from qaie.config import ModelConfig, from_dict, to_dict
+from qaie.errors import QaieError
+from qaie.model import EnhanceNet
+
+FORMAT = 1
+QUANT_MODES = (None, "qat", "ptq")
+HEADER_KEYS = ("format", "model_config", "train_config", "quant", "example_size")
+
+
+@dataclass
+class LoadedModel:
+    """A network rebuilt from a checkpoint, in eval mode.
+
+    Args:
+        net: EnhanceNet (quant None) or the prepared PT2E GraphModule (quant "qat"/"ptq").
+        config: the checkpoint's architecture.
+        quant: None, "qat" or "ptq".
+        train_config: the TrainConfig as a dict (`qaie.train.TrainConfig.from_dict`), or None.
+        example_size: (H, W) the quantized graph was prepared at; None for FP32.
+        path: where it was loaded from.
+    """
+
+    net: nn.Module
+    config: ModelConfig
+    quant: str | None
+    train_config: dict[str, Any] | None
+    example_size: tuple[int, int] | None
+    path: Path
+
+
+def header(
+    config: ModelConfig,
+    quant: str | None = None,
+    train_config: dict[str, Any] | None = None,
+    example_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """The self-describing keys of a checkpoint (everything but the state dict)."""
+    assert quant in QUANT_MODES, quant
+    assert (quant is None) == (example_size is None), "quantized graphs need their example size"
+    return {
+        "format": FORMAT,
+        "model_config": to_dict(config),
+        "train_config": train_config,
+        "quant": quant,
+        "example_size": list(example_size) if example_size is not None else None,
+    }
+
+
+def save_model(
+    path: str | os.PathLike,
+    net: nn.Module,
+    config: ModelConfig,
+    quant: str | None = None,
+    *,
+    train_config: dict[str, Any] | None = None,
+    example_size: tuple[int, int] | None = None,
+) -> None:
+    """Write `net` (EnhanceNet or a prepared GraphModule) as a checkpoint, atomically."""
+    checkpoint = header(config, quant, train_config, example_size)
+    checkpoint["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint dict, checked to be a qaie checkpoint; QaieError naming the file if not."""
+    path = Path(path)
+    if not path.is_file():
+        raise QaieError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated / foreign files
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise QaieError(f"{path}: not a readable checkpoint, truncated or corrupt ({reason})") from err
+    if not isinstance(checkpoint, dict) or not {"model_config", "state_dict"} <= checkpoint.keys():
+        raise QaieError(
+            f"{path}: not a qaie checkpoint (no model_config/state_dict); train one with qaie train"
+        )
+    if checkpoint.get("format") != FORMAT:
+        raise QaieError(f"{path}: checkpoint format {checkpoint.get('format')!r}, this qaie reads {FORMAT}")
+    if checkpoint.get("quant") not in QUANT_MODES:
+        raise QaieError(
+            f"{path}: unknown quant mode {checkpoint.get('quant')!r}; expected one of {QUANT_MODES}"
+        )
+    return checkpoint
+
+
+def checkpoint_config(
+    path: Path, checkpoint: dict[str, Any], expect: ModelConfig | None = None
+) -> ModelConfig:
+    """The checkpoint's ModelConfig; QaieError if `expect` (what the flags say) differs."""
+    try:
+        config = from_dict(ModelConfig, checkpoint["model_config"])
+    except (QaieError, TypeError) as err:
+        raise QaieError(f"{path}: bad model_config in checkpoint ({err})") from err
+    if expect is not None and expect != config:
+        field = next(
+            f.name
+            for f in dataclasses.fields(ModelConfig)
+            if getattr(config, f.name) != getattr(expect, f.name)
+        )
+        flag = "--" + field.replace("_", "-")
+        raise QaieError(
+            f"{path}: checkpoint is {field} {getattr(config, field)} but {flag} {getattr(expect, field)} was given"
+            if field == "width"
+            else f"{path}: checkpoint has {field}={getattr(config, field)} but the flags give {getattr(expect, field)}"
+        )
+    return config
+
+
+def build_net(config: ModelConfig, quant: str | None, example_size: tuple[int, int] | None) -> nn.Module:
+    """A fresh network of this kind: EnhanceNet, or EnhanceNet prepared for QAT/PTQ at `example_size`."""
+    net = EnhanceNet(config)
+    if quant is None:
+        return net
+    from qaie import quantize  # torchao: only for quantized checkpoints
+
+    assert example_size is not None
+    example = torch.rand(1, 3, *example_size)  # (1, 3, H, W): only its shape matters
+    return quantize.prepare_qat(net, example) if quant == "qat" else quantize.prepare_ptq(net, example)
+
+
+def load_model(
+    path: str | os.PathLike,
+    example_size: tuple[int, int] | None = None,
+    expect: ModelConfig | None = None,
+) -> LoadedModel:
+    """Rebuild the network a checkpoint holds, in eval mode, on the CPU.
+
+    Args:
+        path: a checkpoint written by `save_model` or `qaie train`.
+        example_size: (H, W) to prepare a quantized graph at (default: the size it was trained
+            or calibrated at; the observer layout does not depend on it). Ignored for FP32.
+        expect: the architecture the command line asks for; a mismatch is an error (the
+            checkpoint's own config is used when None).
+    """
+    path = Path(path)
+    checkpoint = read_checkpoint(path)
+    config = checkpoint_config(path, checkpoint, expect)
+    quant = checkpoint["quant"]
+    if quant is not None:
+        stored = checkpoint.get("example_size")
+        example_size = tuple(example_size or stored)  # type: ignore[assignment]
+    else:
+        example_size = None
+    net = build_net(config, quant, example_size)
+    try:
+        net.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0][:160]
+        raise QaieError(f"{path}: weights do not match the checkpoint's own config ({reason})") from err
+    if quant is None:
+        net.eval()
+    else:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+
+        move_exported_model_to_eval(net)
+    return LoadedModel(net, config, quant, checkpoint.get("train_config"), example_size, path)

@@ -1,0 +1,104 @@
+"""Evaluate a model on a data split: PSNR/SSIM of its output and of the input (the baseline).
+
+The model is anything that maps an image to an image (a `Predictor`): a checkpoint through
+`qaie.checkpoint.load_model`, or an exported `.tflite` through the LiteRT runtime (uint8 in
+and out, as on the phone). Metrics follow `qaie.metrics.CONVENTION`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from qaie import metrics
+
+# (1, 3, H, W) float32 in [0, 1] -> the enhanced image: a tensor of that shape, or a uint8
+# (H, W, 3) array (what a LiteRT model returns); `qaie.metrics` accepts both.
+Predictor = Callable[[torch.Tensor], torch.Tensor | np.ndarray]
+
+
+@dataclass
+class EvalResult:
+    """Means over the split's images (JSON keys of `qaie evaluate --json`)."""
+
+    psnr: float
+    ssim: float
+    input_psnr: float
+    input_ssim: float
+    n_images: int
+    convention: str
+    data: str
+    split: str
+    model: str
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def checkpoint_predictor(path: str | os.PathLike) -> Predictor:
+    """A checkpoint's network. Quantized graphs have a fixed size: one is rebuilt per image size."""
+    from qaie.checkpoint import load_model
+
+    first = load_model(path)
+    graphs = {first.example_size: first.net}  # FP32: {None: EnhanceNet}
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        size = None if first.quant is None else tuple(x.shape[-2:])
+        if size not in graphs:
+            graphs[size] = load_model(path, example_size=size).net
+        return graphs[size](x)
+
+    return predict
+
+
+def tflite_predictor(path: str | os.PathLike) -> Predictor:
+    """An exported model in the LiteRT interpreter; inputs rounded to uint8 as a camera gives them."""
+    from qaie.runtime import TFLiteModel, enhance_image
+
+    model = TFLiteModel(path)
+
+    def predict(x: torch.Tensor) -> np.ndarray:
+        pixels = (x[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()  # (H, W, 3)
+        return enhance_image(model, pixels)
+
+    return predict
+
+
+def predictor_for(path: str | os.PathLike) -> Predictor:
+    """The predictor for a model file: `.tflite` through LiteRT, anything else as a checkpoint."""
+    return tflite_predictor(path) if Path(path).suffix == ".tflite" else checkpoint_predictor(path)
+
+
+def evaluate(
+    predict: Predictor,
+    dataset: torch.utils.data.Dataset,
+    *,
+    model: str,
+    data: str,
+    split: str,
+    progress: bool = True,
+) -> EvalResult:
+    """Mean PSNR/SSIM of `predict`'s outputs, and of the inputs, against the targets."""
+    sums = np.zeros(4)  # psnr, ssim, input psnr, input ssim
+    n = len(dataset)
+    for i in tqdm(range(n), desc="evaluate", unit="image", disable=not progress):
+        x, y = dataset[i]  # (3, H, W) each
+        x, y = x[None], y[None]
+        pred = predict(x)
+        sums += [
+            float(metrics.psnr(pred, y)[0]),
+            float(metrics.ssim(pred, y)[0]),
+            float(metrics.psnr(x, y)[0]),
+            float(metrics.ssim(x, y)[0]),
+        ]
+    means = sums / n
+    return EvalResult(
+        *means.tolist(), n_images=n, convention=metrics.CONVENTION, data=data, split=split, model=model
+    )

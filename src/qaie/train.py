@@ -1,0 +1,572 @@
+"""FP32 and QAT training on PyTorch Lightning: `qaie train`.
+
+Lightning owns the loop, devices, precision, DDP, gradient clipping and checkpoint/resume
+bookkeeping; this module adds what is specific to us:
+
+- `TrainConfig`: every setting of a run, frozen, saved in each checkpoint and RUN_DIR/config.json;
+- reproducible data order: the sampler and the dataset draw all randomness from
+  (seed, epoch, index), so a run resumed from `last.ckpt` ends with the same metrics as an
+  uninterrupted one (also with DataLoader workers, and under DDP: the sampler is a
+  DistributedSampler seeded per epoch);
+- atomic checkpoint writes, `best.ckpt` (by validation PSNR) and `last.ckpt` after each
+  epoch's validation, a metrics CSV kept in step with them, a progress bar on stderr;
+- QAT: the network is a PT2E fake-quant GraphModule (`qaie.quantize.prepare_qat`), trained at
+  a lower learning rate, observers frozen after a number of steps.
+
+Checkpoints are written at the end of each epoch's validation and nowhere else: SIGKILL loses
+at most the epoch in progress, and SIGINT (Lightning's graceful shutdown) keeps the last
+finished epoch in `last.ckpt`, so resumed runs never start mid-epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import signal
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from torchmetrics import MeanMetric
+from tqdm import tqdm
+
+from qaie import checkpoint
+from qaie.atomic import atomic_path, write_text_atomic
+from qaie.config import ModelConfig, from_dict, to_dict
+from qaie.errors import QaieError
+from qaie.losses import LOSSES, make_loss
+from qaie.metrics import psnr, ssim
+from qaie.model import EnhanceNet
+
+FP32_LR = 1e-4
+QAT_LR = 1e-5  # the paper's QAT fine-tuning rate
+VAL_SEED = 0  # val/test degradations are fixed by this seed, so runs with any --seed compare
+PRECISIONS = ("32", "bf16-mixed")
+STRATEGIES = ("auto", "ddp", "ddp_spawn")
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
+# Settings a resumed run may change: where and how long it runs, not what it learns.
+RESUMABLE = ("epochs", "devices", "num_nodes", "strategy", "accelerator", "num_workers")
+CSV_FIELDS = ("epoch", "step", "train_loss", "val_psnr", "val_ssim", "lr", "time")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (the network's architecture is a ModelConfig).
+
+    Args:
+        data: data spec (`qaie.data`): builtin, synthetic:FOLDER, pairs:FOLDER, dped:FOLDER.
+        epochs: total epochs of the run.
+        batch_size: crops per step and device.
+        lr: peak learning rate (Adam), reached after the warm-up.
+        warmup_epochs: linear warm-up, then cosine decay to 0, per step.
+        crop: training crop size (random crops and flips from the dataset).
+        repeats: crops drawn per image per epoch (small datasets).
+        loss: name in qaie.losses.LOSSES.
+        seed: seeds the weights, crops, degradations and sample order.
+        val_crop: centre crop for validation; None validates on whole images (batch 1).
+        val_limit: validate on the first N images only.
+        precision: "32" or "bf16-mixed".
+        devices, num_nodes, strategy, accelerator: Lightning's, e.g. DDP on 2 GPUs of 4 nodes.
+        num_workers: DataLoader worker processes.
+        grad_clip: gradient-norm clipping threshold.
+        qat: train the fake-quantized graph (quantization-aware training).
+        init: FP32 checkpoint to start from (QAT fine-tuning); None: fresh weights.
+        freeze_observers_after: QAT: freeze the quantization observers after this many steps.
+    """
+
+    data: str
+    epochs: int
+    batch_size: int = 16
+    lr: float = FP32_LR
+    warmup_epochs: int = 1
+    crop: int = 100
+    repeats: int = 1
+    loss: str = "paper"
+    seed: int = 0
+    val_crop: int | None = 128
+    val_limit: int | None = None
+    precision: str = "32"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    accelerator: str = "auto"
+    num_workers: int = 0
+    grad_clip: float = 1.0
+    qat: bool = False
+    init: str | None = None
+    freeze_observers_after: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "crop": self.crop}
+        positive |= {"repeats": self.repeats, "devices": self.devices, "num_nodes": self.num_nodes}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise QaieError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if not self.lr > 0 or self.warmup_epochs < 0 or self.num_workers < 0 or self.seed < 0:
+            raise QaieError("--lr must be > 0; --warmup-epochs, --num-workers and --seed must be >= 0")
+        if self.loss not in LOSSES:
+            raise QaieError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        for flag, value, allowed in (
+            ("--precision", self.precision, PRECISIONS),
+            ("--strategy", self.strategy, STRATEGIES),
+            ("--accelerator", self.accelerator, ACCELERATORS),
+        ):
+            if value not in allowed:
+                raise QaieError(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
+        if self.qat and self.val_crop != self.crop:
+            raise QaieError(
+                f"--val-crop {self.val_crop} with --qat: the fake-quant graph has a fixed size, "
+                f"validate at the training crop (--val-crop {self.crop})"
+            )
+        if self.qat and self.precision != "32":
+            raise QaieError("--qat trains in float32 (fake quantization); drop --precision bf16-mixed")
+        if self.freeze_observers_after is not None and not self.qat:
+            raise QaieError("--freeze-observers-after applies to --qat only")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return from_dict(cls, data)
+
+
+@dataclass
+class TrainResult:
+    """What a `train` call did.
+
+    Args:
+        run_dir: the run folder (best.ckpt, last.ckpt, metrics.csv, config.json).
+        epochs_done: epochs finished and saved in last.ckpt.
+        history: the metrics.csv rows, one per epoch.
+        interrupted: stopped by SIGINT; last.ckpt holds the last finished epoch.
+        already_finished: resumed a run that had already done its epochs; nothing was run.
+        rank: this process's global rank (DDP runs call `train` once per process).
+        wall_s: seconds this call took.
+    """
+
+    run_dir: Path
+    epochs_done: int
+    history: list[dict[str, float]]
+    rank: int = 0
+    interrupted: bool = False
+    already_finished: bool = False
+    wall_s: float = 0.0
+
+    @property
+    def best(self) -> Path:
+        return self.run_dir / "best.ckpt"
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "last.ckpt"
+
+    @property
+    def best_val_psnr(self) -> float | None:
+        return max((row["val_psnr"] for row in self.history), default=None)
+
+
+# --- Lightning pieces ------------------------------------------------------------------------------
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine from 1 to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class EnhanceModule(L.LightningModule):
+    """The network plus its loss, validation metrics, optimizer and checkpoint header.
+
+    Args:
+        net: EnhanceNet, or its QAT-prepared GraphModule.
+        model_config: the architecture (stored in checkpoints).
+        config: the run's settings.
+    """
+
+    def __init__(self, net: nn.Module, model_config: ModelConfig, config: TrainConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.model_config, self.config = model_config, config
+        self.loss = make_loss(config.loss)
+        self.train_loss = MeanMetric()  # epoch means, synchronised across DDP ranks
+        self.val_psnr = MeanMetric()
+        self.val_ssim = MeanMetric()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
+        x, y = batch  # (B, 3, crop, crop) each, in [0, 1]
+        loss = self.loss(self.net(x), y)
+        self.train_loss.update(loss.detach(), weight=x.shape[0])
+        return loss
+
+    def on_train_batch_start(self, _batch: Any, _index: int) -> None:
+        after = self.config.freeze_observers_after
+        if after is not None and self.global_step == after:
+            from qaie.quantize import freeze_observers
+
+            freeze_observers(self.net)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> None:
+        x, y = batch
+        pred = self.net(x).float()
+        self.val_psnr.update(psnr(pred, y))
+        self.val_ssim.update(ssim(pred, y))
+        self.log("val_psnr", self.val_psnr, on_epoch=True, batch_size=x.shape[0])
+        self.log("val_ssim", self.val_ssim, on_epoch=True, batch_size=x.shape[0])
+
+    def on_validation_start(self) -> None:
+        if self.config.qat:  # validation must not move the quantization ranges
+            from torchao.quantization.pt2e import disable_observer
+
+            self.net.apply(disable_observer)
+
+    def on_validation_end(self) -> None:
+        after = self.config.freeze_observers_after
+        if self.config.qat and (after is None or self.global_step < after):
+            from torchao.quantization.pt2e import enable_observer
+
+            self.net.apply(enable_observer)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.config.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = self.config.warmup_epochs * max(1, total // self.config.epochs)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(warmup_cosine, warmup=warmup, total=total)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        # The net's own state dict (no "net." prefix) plus the header: a qaie checkpoint.
+        ckpt["state_dict"] = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
+        quant = "qat" if self.config.qat else None
+        size = (self.config.crop, self.config.crop) if self.config.qat else None
+        ckpt.update(checkpoint.header(self.model_config, quant, to_dict(self.config), size))
+
+    def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        ckpt["state_dict"] = {f"net.{k}": v for k, v in ckpt["state_dict"].items()}
+
+
+class EpochSampler(DistributedSampler):
+    """Sample order from (seed, epoch), sharded over DDP ranks; passes the epoch to the dataset.
+
+    Lightning keeps a DistributedSampler as it is and calls `set_epoch` at each epoch start.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.dataset.set_epoch(epoch)
+
+
+class PairData(L.LightningDataModule):
+    """Train/val loaders; built per process, where the DDP rank is known.
+
+    Args:
+        start_epoch: the epoch the run starts at. A resumed run's first loader (and its
+            workers) is created before Lightning's first `set_epoch`, so it is set here.
+    """
+
+    def __init__(self, train_set: Any, val_set: Any, config: TrainConfig, start_epoch: int) -> None:
+        super().__init__()
+        self.train_set, self.val_set, self.config, self.start_epoch = train_set, val_set, config, start_epoch
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochSampler(
+            self.train_set,
+            num_replicas=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+            shuffle=True,
+            seed=self.config.seed,
+        )
+        sampler.set_epoch(self.start_epoch)
+        return DataLoader(
+            self.train_set, self.config.batch_size, sampler=sampler, num_workers=self.config.num_workers
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        batch = self.config.batch_size if self.config.val_crop else 1  # whole images differ in size
+        return DataLoader(self.val_set, batch, num_workers=self.config.num_workers)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the same folder, then renamed (qaie.atomic).
+
+    Lightning's own save goes through an fsspec transaction that writes the temporary file in
+    the system temp folder and moves it: across file systems that move is a copy, and a kill
+    during it leaves a truncated checkpoint.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class MetricsLog(Callback):
+    """One row per epoch in RUN_DIR/metrics.csv, kept in step with last.ckpt.
+
+    The rows live in this callback's checkpoint state and the CSV is rewritten from them, so a
+    resumed run's CSV holds exactly the epochs its checkpoint holds.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+        self.elapsed = 0.0  # seconds of training before this process started
+        self.started = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+        self._write(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: EnhanceModule) -> None:
+        # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last).
+        train_loss = float(pl_module.train_loss.compute())  # all ranks: it synchronises
+        pl_module.train_loss.reset()
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch + 1,
+                "step": trainer.global_step,
+                "train_loss": train_loss,
+                "val_psnr": float(trainer.callback_metrics["val_psnr"]),
+                "val_ssim": float(trainer.callback_metrics["val_ssim"]),
+                "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "time": round(self._seconds(), 2),
+            }
+        )
+        self._write(trainer)
+
+    def _seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        text = io.StringIO()
+        writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, text.getvalue())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "elapsed": self._seconds()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows, self.elapsed = list(state["rows"]), float(state["elapsed"])
+
+
+class ProgressBar(Callback):
+    """tqdm on stderr (rank 0): one bar per epoch with loss and images/s, then validation scores."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, tqdm] = {}  # "epoch", "val"
+        self.postfix: dict[str, str] = {}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._open(trainer, "epoch", trainer.num_training_batches, leave=True)
+        self.images, self.started = 0, time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, _i: int
+    ) -> None:
+        self.images += len(batch[0]) * trainer.world_size
+        rate = self.images / max(1e-9, time.perf_counter() - self.started)
+        self.postfix = {"loss": f"{float(outputs['loss']):.4f}", "img/s": f"{rate:.1f}"}
+        self._update("epoch")
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._open(trainer, "val", sum(trainer.num_val_batches), leave=False)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *_args: Any) -> None:
+        self._update("val")
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close("val")
+        metrics = trainer.callback_metrics
+        self.postfix |= {
+            "val_psnr": f"{float(metrics['val_psnr']):.2f}",
+            "val_ssim": f"{float(metrics['val_ssim']):.4f}",
+        }
+        self._update("epoch", steps=0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close("epoch")
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        for name in list(self.bars):
+            self._close(name)
+
+    def _open(self, trainer: L.Trainer, name: str, total: int, leave: bool) -> None:
+        if trainer.is_global_zero:
+            desc = (
+                f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}" if name == "epoch" else "validate"
+            )
+            self.bars[name] = tqdm(total=total, desc=desc, unit="batch", leave=leave, dynamic_ncols=True)
+
+    def _update(self, name: str, steps: int = 1) -> None:
+        if name in self.bars:
+            if name == "epoch":
+                self.bars[name].set_postfix(self.postfix, refresh=False)
+            self.bars[name].update(steps)
+
+    def _close(self, name: str) -> None:
+        if name in self.bars:
+            self.bars.pop(name).close()
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's banners and tips (and warnings that do not apply) for the duration."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        for message in (".*does not have many workers.*", ".*exists and is not empty.*", ".*LeafSpec.*"):
+            warnings.filterwarnings("ignore", message=message)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def initial_net(model_config: ModelConfig, config: TrainConfig) -> nn.Module:
+    """EnhanceNet (fresh, or the --init checkpoint's weights), QAT-prepared under --qat.
+
+    Fresh networks start from the identity: the head's weights at zero make delta 0, so the
+    first output is the input. With the Kaiming init of every conv, 90-98% of the output
+    pixels sit at the clamp to [0, 1] (measured at c=4 and c=32), where no gradient flows.
+    """
+    net = EnhanceNet(model_config)
+    if config.init is None:
+        nn.init.zeros_(net.head.weight)  # the bias is already zero
+    else:
+        loaded = checkpoint.load_model(config.init, expect=model_config)
+        if loaded.quant is not None:
+            raise QaieError(f"{config.init}: is a {loaded.quant} checkpoint; --init needs an FP32 one")
+        net.load_state_dict(loaded.net.state_dict())
+    if config.qat:
+        from qaie.quantize import prepare_qat
+
+        net = prepare_qat(net, torch.rand(1, 3, config.crop, config.crop))  # graph fixed at the crop size
+    return net
+
+
+def _check_resumable(path: Path, ckpt: dict[str, Any], model_config: ModelConfig, config: TrainConfig) -> int:
+    """Epochs `path` holds; QaieError if the run was made with other settings than these."""
+    checkpoint.checkpoint_config(path, ckpt, model_config)
+    stored = ckpt.get("train_config")
+    if stored is None:
+        raise QaieError(f"{path}: has no training state (not written by qaie train); start a new run")
+    for name, value in to_dict(config).items():
+        if name not in RESUMABLE and stored.get(name) != value:
+            raise QaieError(
+                f"{path}: the run was trained with {name}={stored.get(name)!r}, not {value!r}; "
+                "resume with the run's settings (see config.json)"
+            )
+    # Our checkpoints are written at the end of an epoch's validation, so epoch e is done.
+    return int(ckpt["epoch"]) + 1
+
+
+def train(
+    model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, *, resume: bool = False
+) -> TrainResult:
+    """Train (or resume) a run in `run_dir`: best.ckpt, last.ckpt, metrics.csv, config.json.
+
+    Every process of a DDP run calls this; rank 0 writes the files.
+    """
+    from qaie.data import make_dataset
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    last = run_dir / "last.ckpt"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise QaieError(f"{run_dir}: exists and is not a folder; choose another --out")
+    start_epoch = 0
+    if resume:
+        ckpt = checkpoint.read_checkpoint(last)
+        start_epoch = _check_resumable(last, ckpt, model_config, config)
+        if start_epoch >= config.epochs:
+            history = ckpt["callbacks"][MetricsLog.__qualname__]["rows"]
+            return TrainResult(run_dir, start_epoch, history, already_finished=True)
+    elif last.exists():
+        raise QaieError(
+            f"{run_dir}: holds a run already (last.ckpt); pass --resume to continue it or choose another --out"
+        )
+
+    train_set = make_dataset(config.data, "train", crop=config.crop, seed=config.seed, repeats=config.repeats)
+    val_set = make_dataset(config.data, "val", crop=config.val_crop, seed=VAL_SEED, limit=config.val_limit)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    net = initial_net(model_config, config)  # resumed runs get their weights from last.ckpt
+
+    metrics_log = MetricsLog(run_dir / "metrics.csv")
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir, filename="best", monitor="val_psnr", mode="max", save_top_k=1, save_last=True,
+        enable_version_counter=False,
+    )  # fmt: skip
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=config.precision,
+            gradient_clip_val=config.grad_clip,
+            gradient_clip_algorithm="norm",
+            callbacks=[metrics_log, ProgressBar(), checkpoints],
+            plugins=[AtomicCheckpointIO()],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=run_dir,
+        )
+        if trainer.is_global_zero:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_dir / "config.json", _config_json(model_config, config))
+        module = EnhanceModule(net, model_config, config)
+        data = PairData(train_set, val_set, config, start_epoch)
+        previous_sigint = signal.getsignal(signal.SIGINT)
+        interrupted = False
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
+        except SystemExit:
+            # Lightning turns Ctrl-C into a graceful shutdown ending in sys.exit(1).
+            if not trainer.interrupted:
+                raise
+            interrupted = True
+        finally:
+            signal.signal(signal.SIGINT, previous_sigint)
+    done = metrics_log.rows[-1]["epoch"] if metrics_log.rows else 0
+    wall_s = time.perf_counter() - started
+    return TrainResult(run_dir, int(done), metrics_log.rows, trainer.global_rank, interrupted, wall_s=wall_s)
+
+
+def _config_json(model_config: ModelConfig, config: TrainConfig) -> str:
+    quant = "qat" if config.qat else None
+    return (
+        json.dumps(
+            {"model_config": to_dict(model_config), "train_config": to_dict(config), "quant": quant}, indent=2
+        )
+        + "\n"
+    )

@@ -1,0 +1,181 @@
+"""Training on Lightning: tiny real runs on the builtin data (width 4, 32-px crops, seconds each).
+
+One uninterrupted 3-epoch run is the reference: a run resumed after 1 epoch, a run killed
+with SIGKILL and resumed, and one stopped with SIGINT and resumed must all end with its metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qaie.checkpoint import load_model, read_checkpoint
+from qaie.config import ModelConfig
+from qaie.data import make_dataset
+from qaie.errors import QaieError
+from qaie.evaluate import checkpoint_predictor, evaluate
+from qaie.train import VAL_SEED, TrainConfig, TrainResult, train, warmup_cosine
+
+TINY = ModelConfig(width=4)
+CONFIG = TrainConfig(
+    data="builtin", epochs=3, batch_size=4, lr=2e-3, crop=32, repeats=2, val_crop=32, accelerator="cpu"
+)
+# The same run from the command line (the CLI must build exactly CONFIG).
+FLAGS = ["--data", "builtin", "--width", "4", "--batch-size", "4", "--lr", "2e-3", "--crop", "32"]
+FLAGS += ["--repeats", "2", "--val-crop", "32", "--accelerator", "cpu"]
+METRICS = ("epoch", "step", "train_loss", "val_psnr", "val_ssim", "lr")
+
+
+def qaie(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "qaie.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def assert_same_metrics(got: list[dict], want: list[dict]) -> None:
+    assert [int(r["epoch"]) for r in got] == [int(r["epoch"]) for r in want]
+    for a, b in zip(got, want, strict=True):
+        for key in METRICS:
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), (key, a, b)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """The uninterrupted 3-epoch run."""
+    return train(TINY, CONFIG, tmp_path_factory.mktemp("reference") / "run")
+
+
+def test_training_lowers_the_loss_and_logs_each_epoch(reference: TrainResult) -> None:
+    rows = read_csv(reference.run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and list(rows[0]) == [*METRICS, "time"]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert_same_metrics(rows, reference.history)
+    steps = [int(r["step"]) for r in rows]
+    assert steps == [4, 8, 12]  # 7 builtin photos x 2 repeats in batches of 4
+    # Warm-up over epoch 1, cosine to 0 at the last step.
+    assert float(rows[0]["lr"]) == pytest.approx(CONFIG.lr)
+    assert float(rows[2]["lr"]) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine(0, 4, 12) == 0.25 and warmup_cosine(8, 4, 12) == pytest.approx(0.5)
+
+
+def test_checkpoints_reload_with_their_config_and_reproduce_validation(reference: TrainResult) -> None:
+    best_epoch = max(reference.history, key=lambda r: r["val_psnr"])["epoch"]
+    best, last = read_checkpoint(reference.best), read_checkpoint(reference.last)
+    assert best["epoch"] + 1 == best_epoch and last["epoch"] + 1 == 3
+    assert best["quant"] is None and TrainConfig.from_dict(best["train_config"]) == CONFIG
+
+    loaded = load_model(reference.best)
+    assert loaded.config == TINY and loaded.quant is None and not loaded.net.training
+    # Validation metrics recomputed from the reloaded weights equal the logged best ones.
+    val = make_dataset("builtin", "val", crop=32, seed=VAL_SEED)
+    result = evaluate(checkpoint_predictor(reference.best), val, model="best", data="builtin", split="val")
+    assert result.psnr == pytest.approx(reference.best_val_psnr, abs=1e-4)
+    x = val[0][0][None]
+    with torch.no_grad():
+        assert torch.equal(loaded.net(x), load_model(reference.best).net(x))
+    assert not list(reference.run_dir.glob(".*tmp*"))  # atomic writes leave no temporaries
+
+
+def test_resume_continues_the_epoch_count_to_the_same_metrics(reference: TrainResult, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = train(TINY, dataclasses.replace(CONFIG, epochs=1), run)
+    assert first.epochs_done == 1 and len(read_csv(run / "metrics.csv")) == 1
+    resumed = train(TINY, CONFIG, run, resume=True)
+    assert resumed.epochs_done == 3
+    assert_same_metrics(read_csv(run / "metrics.csv"), reference.history)
+
+    again = train(TINY, CONFIG, run, resume=True)
+    assert again.already_finished and again.epochs_done == 3
+
+
+def test_run_folder_guards(reference: TrainResult, tmp_path: Path) -> None:
+    with pytest.raises(QaieError, match="--resume"):
+        train(TINY, CONFIG, reference.run_dir)  # would clobber a run
+    with pytest.raises(QaieError, match="loss="):
+        train(TINY, dataclasses.replace(CONFIG, loss="l1"), reference.run_dir, resume=True)
+    with pytest.raises(QaieError, match="width 4 but --width 8"):
+        train(ModelConfig(width=8), CONFIG, reference.run_dir, resume=True)
+    with pytest.raises(QaieError, match="not found"):
+        train(TINY, CONFIG, tmp_path / "nothing", resume=True)
+
+
+def test_config_validation_names_the_flag() -> None:
+    with pytest.raises(QaieError, match="--loss"):
+        dataclasses.replace(CONFIG, loss="nope")
+    with pytest.raises(QaieError, match="--batch-size"):
+        dataclasses.replace(CONFIG, batch_size=0)
+    with pytest.raises(QaieError, match="--val-crop"):
+        dataclasses.replace(CONFIG, qat=True, val_crop=64)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(reference: TrainResult, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = qaie("train", *FLAGS, "--epochs", "3", "--out", str(run))
+    wait_for(run / "last.ckpt", proc)  # epoch 1 saved; kill inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert read_checkpoint(run / "last.ckpt")["epoch"] in (0, 1)  # a whole checkpoint, never half
+    resumed = train(TINY, CONFIG, run, resume=True)
+    assert resumed.epochs_done == 3
+    assert_same_metrics(read_csv(run / "metrics.csv"), reference.history)
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_with_last_checkpoint(reference: TrainResult, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = qaie("train", *FLAGS, "--epochs", "3", "--out", str(run))
+    wait_for(run / "last.ckpt", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "continue with --resume" in stderr and "Traceback" not in stderr
+    epochs = read_checkpoint(run / "last.ckpt")["epoch"] + 1
+    assert len(read_csv(run / "metrics.csv")) == epochs
+    assert not list(run.glob(".*tmp*"))
+    resume = qaie("train", *FLAGS, "--epochs", "3", "--out", str(run), "--resume")
+    _, err = resume.communicate(timeout=300)
+    assert resume.returncode == 0, err
+    assert_same_metrics(read_csv(run / "metrics.csv"), reference.history)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
+    """Lightning's DDP strategy (gloo) from the command line: 2 processes, each half the data."""
+    run = tmp_path / "run"
+    env = {**os.environ, "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    proc = qaie(
+        "train", *FLAGS, "--epochs", "1", "--out", str(run), "--devices", "2", "--strategy", "ddp", env=env
+    )
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = read_csv(run / "metrics.csv")
+    assert len(rows) == 1 and int(rows[0]["step"]) == 2  # 14 crops over 2 ranks in batches of 4
+    assert read_checkpoint(run / "best.ckpt")["train_config"]["devices"] == 2
+    assert out.count("best val PSNR") == 1  # only rank 0 reports
