@@ -38,6 +38,7 @@ def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import litert_torch
     import torch
 
+    from qaie.checkpoint import save_model
     from qaie.config import ModelConfig
     from qaie.model import EnhanceNet, InstanceNorm
 
@@ -55,7 +56,14 @@ def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
         converter = converter.signature(f"enhance_{h}x{w}", nhwc, (torch.rand(1, h, w, 3),))
     path = tmp_path_factory.mktemp("tiny") / "tiny_fp32.tflite"
     converter.convert().export(str(path))
+    save_model(path.with_suffix(".ckpt"), net, net.config)  # the same weights, for tiny_checkpoint
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_tflite: Path) -> Path:
+    """The FP32 checkpoint of `tiny_tflite`'s network (same weights)."""
+    return tiny_tflite.with_suffix(".ckpt")
 
 
 def _NHWC(net):  # -> torch.nn.Module (torch imported lazily)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
 
 from qaie.cli import main
 from qaie.enhance import SHIPPED_MODELS, plan_jobs
@@ -167,6 +168,7 @@ def test_batch_goes_on_past_bad_files(tmp_path, tiny_tflite, capsys):
         (["cat.jpg", "-o", "out.jpg", "--tile", "64x64"], "tile 64x64 is not an exported size"),
         (["cat.jpg", "-o", "out.jpg", "--quality", "0"], "quality must be in 1..100"),
         (["cat.jpg", "-o", "out.jpg", "--model", "cat.jpg"], "cat.jpg: unknown model type '.jpg'"),
+        (["cat.jpg", "-o", "out.jpg", "--model", "cat.ckpt"], "cat.ckpt: checkpoint not found"),
         (["cat.jpg", "-o", "out.jpg", "--model", "nothing.tflite"], "nothing.tflite: model file not found"),
     ],
 )
@@ -210,6 +212,19 @@ def test_tflite_path_never_imports_torch(tmp_path, tiny_tflite):
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     assert _dims(tmp_path / "o.jpg") == (200, 300)
+
+
+def test_checkpoint_model_matches_its_tflite(tmp_path, tiny_tflite, tiny_checkpoint):
+    src = _photo(tmp_path / "cat.png", (150, 200))
+    for model in (tiny_tflite, tiny_checkpoint):
+        assert (
+            _enhance(src, "-o", tmp_path / f"{model.suffix[1:]}.png", "--model", model, "--tile", "96x96")
+            == 0
+        )
+    from_tflite = np.asarray(Image.open(tmp_path / "tflite.png"))
+    from_checkpoint = np.asarray(Image.open(tmp_path / "ckpt.png"))
+    assert from_checkpoint.shape == (150, 200, 3)
+    assert peak_signal_noise_ratio(from_tflite, from_checkpoint) >= 45
 
 
 def test_12_megapixel_photo_stays_under_memory_budget(tmp_path, tiny_tflite):

@@ -130,11 +130,11 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("enhance", help="enhance photos of any size with an exported model")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     p.add_argument("-o", "--out", required=True, help="output file (one input file) or folder")
-    p.add_argument("--model", help="exported FILE.tflite (default: the model shipped in the package)")
+    p.add_argument("--model", help="FILE.tflite, or a checkpoint (default: the model shipped in the package)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1..100 (default 95)")
     p.add_argument("--format", help="output format for a folder: jpg, png, ... (default: the input's)")
-    p.add_argument("--threads", help="interpreter threads (default: all cores)")
-    p.add_argument("--tile", metavar="HxW", help="tile size, one of the model's sizes (default: largest)")
+    p.add_argument("--threads", help="LiteRT interpreter threads (default: all cores)")
+    p.add_argument("--tile", metavar="HxW", help="tile size: one of the .tflite's sizes (default: largest)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(handler=_run_enhance)
 
@@ -142,12 +142,12 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
 def _run_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from qaie.enhance import enhance_files, load_model, plan_jobs
+    from qaie.enhance import enhance_files, open_model, plan_jobs
     from qaie.runtime import parse_counts, parse_size
 
     tile = parse_size(args.tile) if args.tile else None
     threads = parse_counts(args.threads, "--threads")[0] if args.threads else None
-    model = load_model(args.model, threads)
+    model = open_model(args.model, threads, tile)
     jobs = plan_jobs(args.inputs, args.out, fmt=args.format, overwrite=args.overwrite)
     single, failed = len(jobs) == 1, 0
     with tqdm(total=len(jobs), unit="tile" if single else "image", disable=None, file=sys.stderr) as bar:

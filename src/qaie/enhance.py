@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from qaie.atomic import check_writable
 from qaie.errors import QaieError
 from qaie.imageio import IMAGE_EXTENSIONS, list_images, read_rgb, write_image
@@ -29,12 +31,42 @@ def shipped_model() -> Path:
     return models[0]
 
 
-def load_model(path: str | os.PathLike | None, num_threads: int | None = None) -> TileModel:
-    """A `.tflite` (LiteRT, torch-free) or, when one is given, the shipped model."""
+CHECKPOINT_TILE = (512, 512)  # PyTorch runs any size; tiles bound its activation memory
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
+
+
+def open_model(
+    path: str | os.PathLike | None, num_threads: int | None = None, tile: Size | None = None
+) -> TileModel:
+    """A `.tflite` in LiteRT (torch-free; `num_threads` applies), a training checkpoint in
+    PyTorch (tiles of `tile`, default CHECKPOINT_TILE), or, when None, the shipped model."""
     path = shipped_model() if path is None else Path(path)
     if path.suffix.lower() == ".tflite":
         return TFLiteModel(path, num_threads)
-    raise QaieError(f"{path}: unknown model type {path.suffix!r}; pass an exported .tflite")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return CheckpointModel(path, tile or CHECKPOINT_TILE)
+    raise QaieError(
+        f"{path}: unknown model type {path.suffix!r}; pass an exported .tflite or a checkpoint "
+        f"({', '.join(CHECKPOINT_SUFFIXES)})"
+    )
+
+
+class CheckpointModel:
+    """A training checkpoint run in PyTorch (imports torch): FP32, or QAT/PTQ as its quantized
+    reference model. For comparing with the deployed `.tflite`, which is what a phone runs."""
+
+    def __init__(self, path: Path, tile: Size) -> None:
+        from qaie.evaluate import checkpoint_predictor
+
+        self._predict = checkpoint_predictor(path)
+        self.sizes = (tile,)
+
+    def run(self, tile: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(tile).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) in [0, 1]
+        y = self._predict(x)[0].permute(1, 2, 0)  # (H, W, 3)
+        return (y * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 @dataclass(frozen=True)
