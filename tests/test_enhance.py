@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +47,9 @@ def test_one_file_to_file(tmp_path, tiny_tflite, capsys):
     assert _enhance(src, "-o", tmp_path / "out.png", "--model", tiny_tflite) == 0
     assert _dims(tmp_path / "out.png") == (160, 120)
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'out.png'}"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.png").stat().st_mode) == 0o666 & ~umask  # not owner-only
     enhanced = np.asarray(Image.open(tmp_path / "out.png"))
     original = np.asarray(Image.open(src))
     assert 1 < np.abs(enhanced.astype(np.int16) - original).mean() < 30  # changed, mildly

@@ -40,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as err:
         raise QaieError(f"{path}: cannot write ({err.strerror})") from err
     os.close(fd)
+    os.chmod(tmp_name, _new_file_mode())  # mkstemp makes it owner-only; outputs are ordinary files
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -47,6 +48,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode() -> int:
+    """The permissions open() would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
