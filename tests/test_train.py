@@ -23,7 +23,7 @@ from qaie.config import ModelConfig
 from qaie.data import make_dataset
 from qaie.errors import QaieError
 from qaie.evaluate import checkpoint_predictor, evaluate
-from qaie.train import VAL_SEED, TrainConfig, TrainResult, train, warmup_cosine
+from qaie.train import QAT_LR, VAL_SEED, TrainConfig, TrainResult, train, warmup_cosine
 
 TINY = ModelConfig(width=4)
 CONFIG = TrainConfig(
@@ -130,8 +130,8 @@ def test_config_validation_names_the_flag() -> None:
         dataclasses.replace(CONFIG, loss="nope")
     with pytest.raises(QaieError, match="--batch-size"):
         dataclasses.replace(CONFIG, batch_size=0)
-    with pytest.raises(QaieError, match="--val-crop"):
-        dataclasses.replace(CONFIG, qat=True, val_crop=64)
+    with pytest.raises(QaieError, match="bf16"):
+        dataclasses.replace(CONFIG, qat=True, precision="bf16-mixed")
 
 
 @pytest.mark.slow
@@ -179,3 +179,28 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     assert len(rows) == 1 and int(rows[0]["step"]) == 2  # 14 crops over 2 ranks in batches of 4
     assert read_checkpoint(run / "best.ckpt")["train_config"]["devices"] == 2
     assert out.count("best val PSNR") == 1  # only rank 0 reports
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_an_fp32_checkpoint_into_a_reloadable_graph(
+    reference: TrainResult, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(
+        CONFIG, epochs=1, lr=QAT_LR, qat=True, init=str(reference.best), freeze_observers_after=2
+    )
+    result = train(TINY, config, tmp_path / "qat")
+    ckpt = read_checkpoint(result.best)
+    assert ckpt["quant"] == "qat" and TrainConfig.from_dict(ckpt["train_config"]) == config
+    frozen = [v.item() for k, v in ckpt["state_dict"].items() if k.endswith("observer_enabled")]
+    assert frozen and not any(frozen)  # observers frozen after step 2, and saved so
+
+    loaded = load_model(result.best)
+    assert loaded.quant == "qat" and isinstance(loaded.net, torch.fx.GraphModule)
+    # The reloaded fake-quant graph reproduces the logged validation PSNR.
+    val = make_dataset("builtin", "val", crop=32, seed=VAL_SEED)
+    fake_quant = evaluate(torch.no_grad()(loaded.net), val, model="qat", data="builtin", split="val")
+    assert fake_quant.psnr == pytest.approx(result.best_val_psnr, abs=1e-4)
+    # evaluate runs the quantized reference model (qaie.quantize.convert, what gets exported);
+    # its agreement with the fake-quant graph is parity's business (tests/test_parity.py).
+    converted = evaluate(checkpoint_predictor(result.best), val, model="qat", data="builtin", split="val")
+    assert converted.n_images == len(val) and 0 < converted.psnr < 100

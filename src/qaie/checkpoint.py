@@ -7,8 +7,6 @@ A checkpoint carries its own configuration, so it rebuilds itself (as nanoGPT's 
     model_config  dict of qaie.config.ModelConfig
     train_config  dict of qaie.train.TrainConfig, or None (e.g. written by PTQ calibration)
     quant         None (FP32 EnhanceNet) | "qat" | "ptq" (a prepared PT2E GraphModule)
-    example_size  [H, W] the quantized graph was prepared at (PT2E graphs have a fixed size),
-                  or None for FP32
     state_dict    the network's state dict (no prefix): EnhanceNet's, or the prepared graph's
                   (weights plus fake-quant / observer scales)
 
@@ -35,7 +33,8 @@ from qaie.model import EnhanceNet
 
 FORMAT = 1
 QUANT_MODES = (None, "qat", "ptq")
-HEADER_KEYS = ("format", "model_config", "train_config", "quant", "example_size")
+# Prepared graphs are size-dynamic (qaie.quantize): the example only has to be a valid input.
+EXAMPLE_SIZE = (64, 64)
 
 
 @dataclass
@@ -47,7 +46,6 @@ class LoadedModel:
         config: the checkpoint's architecture.
         quant: None, "qat" or "ptq".
         train_config: the TrainConfig as a dict (`qaie.train.TrainConfig.from_dict`), or None.
-        example_size: (H, W) the quantized graph was prepared at; None for FP32.
         path: where it was loaded from.
     """
 
@@ -55,26 +53,15 @@ class LoadedModel:
     config: ModelConfig
     quant: str | None
     train_config: dict[str, Any] | None
-    example_size: tuple[int, int] | None
     path: Path
 
 
 def header(
-    config: ModelConfig,
-    quant: str | None = None,
-    train_config: dict[str, Any] | None = None,
-    example_size: tuple[int, int] | None = None,
+    config: ModelConfig, quant: str | None = None, train_config: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The self-describing keys of a checkpoint (everything but the state dict)."""
     assert quant in QUANT_MODES, quant
-    assert (quant is None) == (example_size is None), "quantized graphs need their example size"
-    return {
-        "format": FORMAT,
-        "model_config": to_dict(config),
-        "train_config": train_config,
-        "quant": quant,
-        "example_size": list(example_size) if example_size is not None else None,
-    }
+    return {"format": FORMAT, "model_config": to_dict(config), "train_config": train_config, "quant": quant}
 
 
 def save_model(
@@ -84,10 +71,9 @@ def save_model(
     quant: str | None = None,
     *,
     train_config: dict[str, Any] | None = None,
-    example_size: tuple[int, int] | None = None,
 ) -> None:
     """Write `net` (EnhanceNet or a prepared GraphModule) as a checkpoint, atomically."""
-    checkpoint = header(config, quant, train_config, example_size)
+    checkpoint = header(config, quant, train_config)
     checkpoint["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
@@ -139,15 +125,16 @@ def checkpoint_config(
     return config
 
 
-def build_net(config: ModelConfig, quant: str | None, example_size: tuple[int, int] | None) -> nn.Module:
-    """A fresh network of this kind: EnhanceNet, or EnhanceNet prepared for QAT/PTQ at `example_size`."""
+def build_net(
+    config: ModelConfig, quant: str | None, example_size: tuple[int, int] = EXAMPLE_SIZE
+) -> nn.Module:
+    """A fresh network of this kind: EnhanceNet, or EnhanceNet prepared for QAT/PTQ."""
     net = EnhanceNet(config)
     if quant is None:
         return net
     from qaie import quantize  # torchao: only for quantized checkpoints
 
-    assert example_size is not None
-    example = torch.rand(1, 3, *example_size)  # (1, 3, H, W): only its shape matters
+    example = torch.rand(2, 3, *example_size)  # batch 2: torch.export specializes size-1 dims
     return quantize.prepare_qat(net, example) if quant == "qat" else quantize.prepare_ptq(net, example)
 
 
@@ -160,8 +147,8 @@ def load_model(
 
     Args:
         path: a checkpoint written by `save_model` or `qaie train`.
-        example_size: (H, W) to prepare a quantized graph at (default: the size it was trained
-            or calibrated at; the observer layout does not depend on it). Ignored for FP32.
+        example_size: (H, W) of the example a quantized graph is traced with (the graph takes
+            any size >= qaie.quantize.MIN_SIZE); ignored for FP32.
         expect: the architecture the command line asks for; a mismatch is an error (the
             checkpoint's own config is used when None).
     """
@@ -169,12 +156,7 @@ def load_model(
     checkpoint = read_checkpoint(path)
     config = checkpoint_config(path, checkpoint, expect)
     quant = checkpoint["quant"]
-    if quant is not None:
-        stored = checkpoint.get("example_size")
-        example_size = tuple(example_size or stored)  # type: ignore[assignment]
-    else:
-        example_size = None
-    net = build_net(config, quant, example_size)
+    net = build_net(config, quant, example_size or EXAMPLE_SIZE)
     try:
         net.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
@@ -182,8 +164,8 @@ def load_model(
         raise QaieError(f"{path}: weights do not match the checkpoint's own config ({reason})") from err
     if quant is None:
         net.eval()
-    else:
-        from torchao.quantization.pt2e import move_exported_model_to_eval
+    else:  # scales stay as trained/calibrated while the model is used
+        from qaie.quantize import freeze_observers
 
-        move_exported_model_to_eval(net)
-    return LoadedModel(net, config, quant, checkpoint.get("train_config"), example_size, path)
+        freeze_observers(net)
+    return LoadedModel(net, config, quant, checkpoint.get("train_config"), path)

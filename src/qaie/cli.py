@@ -227,7 +227,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", default="paper", help="paper | msssim | l1 (default paper)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, crops, degradations, order")
     p.add_argument(
-        "--val-crop", type=int, help="validation centre crop (default 128; --crop with --qat; 0: whole)"
+        "--val-crop", type=int, default=128, help="validation centre crop (default 128; 0: whole images)"
     )
     p.add_argument("--val-limit", type=int, help="validate on the first N images only")
     p.add_argument("--precision", default="32", help="32 | bf16-mixed (default 32)")
@@ -246,7 +246,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from qaie.train import FP32_LR, QAT_LR, TrainConfig, train
 
-    val_crop = args.val_crop if args.val_crop is not None else (args.crop if args.qat else 128)
     config = TrainConfig(
         data=args.data,
         epochs=args.epochs,
@@ -257,7 +256,7 @@ def _run_train(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         loss=args.loss,
         seed=args.seed,
-        val_crop=val_crop or None,
+        val_crop=args.val_crop or None,
         val_limit=args.val_limit,
         precision=args.precision,
         devices=args.devices,

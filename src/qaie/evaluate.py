@@ -42,18 +42,19 @@ class EvalResult:
 
 
 def checkpoint_predictor(path: str | os.PathLike) -> Predictor:
-    """A checkpoint's network. Quantized graphs have a fixed size: one is rebuilt per image size."""
+    """A checkpoint's network; a QAT/PTQ one as its quantized reference model (int8 simulated)."""
     from qaie.checkpoint import load_model
 
-    first = load_model(path)
-    graphs = {first.example_size: first.net}  # FP32: {None: EnhanceNet}
+    loaded = load_model(path)
+    net = loaded.net
+    if loaded.quant is not None:
+        from qaie.quantize import convert
+
+        net = convert(net)
 
     @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        size = None if first.quant is None else tuple(x.shape[-2:])
-        if size not in graphs:
-            graphs[size] = load_model(path, example_size=size).net
-        return graphs[size](x)
+        return net(x)
 
     return predict
 

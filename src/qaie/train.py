@@ -127,11 +127,6 @@ class TrainConfig:
         ):
             if value not in allowed:
                 raise QaieError(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
-        if self.qat and self.val_crop != self.crop:
-            raise QaieError(
-                f"--val-crop {self.val_crop} with --qat: the fake-quant graph has a fixed size, "
-                f"validate at the training crop (--val-crop {self.crop})"
-            )
         if self.qat and self.precision != "32":
             raise QaieError("--qat trains in float32 (fake quantization); drop --precision bf16-mixed")
         if self.freeze_observers_after is not None and not self.qat:
@@ -253,8 +248,7 @@ class EnhanceModule(L.LightningModule):
         # The net's own state dict (no "net." prefix) plus the header: a qaie checkpoint.
         ckpt["state_dict"] = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
         quant = "qat" if self.config.qat else None
-        size = (self.config.crop, self.config.crop) if self.config.qat else None
-        ckpt.update(checkpoint.header(self.model_config, quant, to_dict(self.config), size))
+        ckpt.update(checkpoint.header(self.model_config, quant, to_dict(self.config)))
 
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         ckpt["state_dict"] = {f"net.{k}": v for k, v in ckpt["state_dict"].items()}
@@ -465,9 +459,13 @@ def initial_net(model_config: ModelConfig, config: TrainConfig) -> nn.Module:
             raise QaieError(f"{config.init}: is a {loaded.quant} checkpoint; --init needs an FP32 one")
         net.load_state_dict(loaded.net.state_dict())
     if config.qat:
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+
         from qaie.quantize import prepare_qat
 
-        net = prepare_qat(net, torch.rand(1, 3, config.crop, config.crop))  # graph fixed at the crop size
+        # Batch 2: torch.export specializes a dimension whose example is 1, even if marked dynamic.
+        net = prepare_qat(net, torch.rand(2, 3, config.crop, config.crop))  # size-dynamic graph
+        allow_exported_model_train_eval(net)  # Lightning calls .train() / .eval()
     return net
 
 
