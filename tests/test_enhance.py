@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image
-from skimage.metrics import peak_signal_noise_ratio
 
 from qaie.cli import main
 from qaie.enhance import SHIPPED_MODELS, plan_jobs
@@ -229,7 +228,7 @@ def test_checkpoint_model_matches_its_tflite(tmp_path, tiny_tflite, tiny_checkpo
     from_tflite = np.asarray(Image.open(tmp_path / "tflite.png"))
     from_checkpoint = np.asarray(Image.open(tmp_path / "ckpt.png"))
     assert from_checkpoint.shape == (150, 200, 3)
-    assert peak_signal_noise_ratio(from_tflite, from_checkpoint) >= 45
+    assert np.abs(from_tflite.astype(np.int16) - from_checkpoint).max() <= 1  # float vs float: rounding
 
 
 def test_12_megapixel_photo_stays_under_memory_budget(tmp_path, tiny_tflite):

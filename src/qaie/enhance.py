@@ -21,6 +21,8 @@ from qaie.imageio import IMAGE_EXTENSIONS, list_images, read_rgb, write_image
 from qaie.runtime import Size, TFLiteModel, TileModel, check_tile, enhance_image
 
 SHIPPED_MODELS = Path(__file__).parent / "assets" / "models"
+CHECKPOINT_TILE = (512, 512)  # PyTorch runs any size; tiles bound its activation memory
+CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
 def shipped_model() -> Path:
@@ -29,10 +31,6 @@ def shipped_model() -> Path:
     if not models:
         raise QaieError("no model is installed in the package; pass --model FILE.tflite")
     return models[0]
-
-
-CHECKPOINT_TILE = (512, 512)  # PyTorch runs any size; tiles bound its activation memory
-CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
 def open_model(
@@ -167,7 +165,6 @@ class FileResult:
     """What happened to one input: written (with a note on input conversions) or an error."""
 
     job: Job
-    size: Size | None = None
     note: str | None = None
     error: str | None = None
 
@@ -199,6 +196,6 @@ def enhance_files(
                 raise QaieError(f"{job.src}: {err}") from None
             job.dst.parent.mkdir(exist_ok=True)  # plan_jobs checked that its parent exists
             write_image(job.dst, pixels, quality=quality)
-            yield FileResult(job, size=pixels.shape[:2], note=image.note)
+            yield FileResult(job, note=image.note)
         except QaieError as err:
             yield FileResult(job, error=str(err))
