@@ -1,7 +1,7 @@
 """The LiteRT runtime: run an exported `.tflite` on photos of any size.
 
-Torch-free by design (ai-edge-litert, numpy only), so `qaie enhance` runs where the phone
-model runs. Exported models have fixed input sizes (one signature per size, NHWC, float in
+Torch-free by design (ai-edge-litert and numpy; Pillow through qaie.imageio), so `qaie
+enhance` runs wherever the interpreter does. Exported models have fixed input sizes (one signature per size, NHWC, float in
 [0, 1] or integers with a scale/zero point); a photo is reflect-padded up to a size or cut
 into overlapping tiles whose outputs are blended with raised-cosine weights.
 """
