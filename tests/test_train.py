@@ -106,7 +106,8 @@ def test_resume_continues_the_epoch_count_to_the_same_metrics(reference: TrainRe
     run = tmp_path / "run"
     first = train(TINY, dataclasses.replace(CONFIG, epochs=1), run)
     assert first.epochs_done == 1 and len(read_csv(run / "metrics.csv")) == 1
-    resumed = train(TINY, CONFIG, run, resume=True)
+    # Resumed with DataLoader workers: their dataset copies must see the resumed epoch too.
+    resumed = train(TINY, dataclasses.replace(CONFIG, num_workers=2), run, resume=True)
     assert resumed.epochs_done == 3
     assert_same_metrics(read_csv(run / "metrics.csv"), reference.history)
 
@@ -148,7 +149,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(reference: TrainResu
 
 
 @pytest.mark.slow
-def test_sigint_stops_cleanly_with_last_checkpoint(reference: TrainResult, tmp_path: Path) -> None:
+def test_sigint_stops_cleanly_with_last_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = qaie("train", *FLAGS, "--epochs", "3", "--out", str(run))
     wait_for(run / "last.ckpt", proc)
@@ -158,11 +159,7 @@ def test_sigint_stops_cleanly_with_last_checkpoint(reference: TrainResult, tmp_p
     assert "interrupted" in stderr and "continue with --resume" in stderr and "Traceback" not in stderr
     epochs = read_checkpoint(run / "last.ckpt")["epoch"] + 1
     assert len(read_csv(run / "metrics.csv")) == epochs
-    assert not list(run.glob(".*tmp*"))
-    resume = qaie("train", *FLAGS, "--epochs", "3", "--out", str(run), "--resume")
-    _, err = resume.communicate(timeout=300)
-    assert resume.returncode == 0, err
-    assert_same_metrics(read_csv(run / "metrics.csv"), reference.history)
+    assert not list(run.glob(".*tmp*"))  # resuming it is test_sigkill_then_resume's business
 
 
 @pytest.mark.slow
@@ -194,6 +191,8 @@ def test_qat_fine_tunes_an_fp32_checkpoint_into_a_reloadable_graph(
     frozen = [v.item() for k, v in ckpt["state_dict"].items() if k.endswith("observer_enabled")]
     assert frozen and not any(frozen)  # observers frozen after step 2, and saved so
 
+    from qaie.quantize import convert
+
     loaded = load_model(result.best)
     assert loaded.quant == "qat" and isinstance(loaded.net, torch.fx.GraphModule)
     # The reloaded fake-quant graph reproduces the logged validation PSNR.
@@ -202,5 +201,5 @@ def test_qat_fine_tunes_an_fp32_checkpoint_into_a_reloadable_graph(
     assert fake_quant.psnr == pytest.approx(result.best_val_psnr, abs=1e-4)
     # evaluate runs the quantized reference model (qaie.quantize.convert, what gets exported);
     # its agreement with the fake-quant graph is parity's business (tests/test_parity.py).
-    converted = evaluate(checkpoint_predictor(result.best), val, model="qat", data="builtin", split="val")
+    converted = evaluate(torch.no_grad()(convert(loaded.net)), val, model="qat", data="builtin", split="val")
     assert converted.n_images == len(val) and 0 < converted.psnr < 100
