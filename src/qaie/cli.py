@@ -316,8 +316,9 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
     if args.json:
         check_writable(Path(args.json), overwrite=args.overwrite)
+    predict = predictor_for(args.model)
     dataset = make_dataset(args.data, args.split, crop=args.crop, seed=VAL_SEED, limit=args.limit)
-    result = evaluate(predictor_for(args.model), dataset, model=args.model, data=args.data, split=args.split)
+    result = evaluate(predict, dataset, model=args.model, data=args.data, split=args.split)
     print(f"{args.model} on {args.data} ({args.split}, {result.n_images} images)")
     print(f"  model: PSNR {result.psnr:.3f} dB  SSIM {result.ssim:.4f}")
     print(f"  input: PSNR {result.input_psnr:.3f} dB  SSIM {result.input_ssim:.4f}  (baseline)")

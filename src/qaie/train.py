@@ -48,7 +48,7 @@ from qaie import checkpoint
 from qaie.atomic import atomic_path, write_text_atomic
 from qaie.config import ModelConfig, from_dict, to_dict
 from qaie.errors import QaieError
-from qaie.losses import LOSSES, make_loss
+from qaie.losses import LOSSES, MSSSIM_MIN_SIZE, make_loss
 from qaie.metrics import psnr, ssim
 from qaie.model import EnhanceNet
 
@@ -120,6 +120,8 @@ class TrainConfig:
             raise QaieError("--lr must be > 0; --warmup-epochs, --num-workers and --seed must be >= 0")
         if self.loss not in LOSSES:
             raise QaieError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.loss == "msssim" and self.crop < MSSSIM_MIN_SIZE:
+            raise QaieError(f"--loss msssim needs --crop {MSSSIM_MIN_SIZE} or more, got {self.crop}")
         for flag, value, allowed in (
             ("--precision", self.precision, PRECISIONS),
             ("--strategy", self.strategy, STRATEGIES),
@@ -443,9 +445,10 @@ def _quiet_lightning() -> Iterator[None]:
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def initial_net(model_config: ModelConfig, config: TrainConfig) -> nn.Module:
+def initial_net(model_config: ModelConfig, config: TrainConfig, resume: bool = False) -> nn.Module:
     """EnhanceNet (fresh, or the --init checkpoint's weights), QAT-prepared under --qat.
 
+    A resumed run only needs the structure (its weights come from last.ckpt): --init is not read.
     Fresh networks start from the identity: the head's weights at zero make delta 0, so the
     first output is the input. With the Kaiming init of every conv, 90-98% of the output
     pixels sit at the clamp to [0, 1] (measured at c=4 and c=32), where no gradient flows.
@@ -453,7 +456,7 @@ def initial_net(model_config: ModelConfig, config: TrainConfig) -> nn.Module:
     net = EnhanceNet(model_config)
     if config.init is None:
         nn.init.zeros_(net.head.weight)  # the bias is already zero
-    else:
+    elif not resume:
         loaded = checkpoint.load_model(config.init, expect=model_config)
         if loaded.quant is not None:
             raise QaieError(f"{config.init}: is a {loaded.quant} checkpoint; --init needs an FP32 one")
@@ -514,13 +517,17 @@ def train(
     train_set = make_dataset(config.data, "train", crop=config.crop, seed=config.seed, repeats=config.repeats)
     val_set = make_dataset(config.data, "val", crop=config.val_crop, seed=VAL_SEED, limit=config.val_limit)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    net = initial_net(model_config, config)  # resumed runs get their weights from last.ckpt
+    net = initial_net(model_config, config, resume)
 
     metrics_log = MetricsLog(run_dir / "metrics.csv")
     checkpoints = ModelCheckpoint(
-        dirpath=run_dir, filename="best", monitor="val_psnr", mode="max", save_top_k=1, save_last=True,
+        dirpath=run_dir,
+        filename="best",
+        monitor="val_psnr",
+        mode="max",
+        save_last=True,
         enable_version_counter=False,
-    )  # fmt: skip
+    )
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=config.epochs,
@@ -540,7 +547,10 @@ def train(
             default_root_dir=run_dir,
         )
         if trainer.is_global_zero:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise QaieError(f"{run_dir}: cannot create the run folder ({err.strerror})") from err
             write_text_atomic(run_dir / "config.json", _config_json(model_config, config))
         module = EnhanceModule(net, model_config, config)
         data = PairData(train_set, val_set, config, start_epoch)
@@ -562,9 +572,5 @@ def train(
 
 def _config_json(model_config: ModelConfig, config: TrainConfig) -> str:
     quant = "qat" if config.qat else None
-    return (
-        json.dumps(
-            {"model_config": to_dict(model_config), "train_config": to_dict(config), "quant": quant}, indent=2
-        )
-        + "\n"
-    )
+    data = {"model_config": to_dict(model_config), "train_config": to_dict(config), "quant": quant}
+    return json.dumps(data, indent=2) + "\n"
