@@ -507,8 +507,7 @@ def train(
         ckpt = checkpoint.read_checkpoint(last)
         start_epoch = _check_resumable(last, ckpt, model_config, config)
         if start_epoch >= config.epochs:
-            history = ckpt["callbacks"][MetricsLog.__qualname__]["rows"]
-            return TrainResult(run_dir, start_epoch, history, already_finished=True)
+            return TrainResult(run_dir, start_epoch, _saved_history(ckpt), already_finished=True)
     elif last.exists():
         raise QaieError(
             f"{run_dir}: holds a run already (last.ckpt); pass --resume to continue it or choose another --out"
@@ -565,9 +564,15 @@ def train(
             interrupted = True
         finally:
             signal.signal(signal.SIGINT, previous_sigint)
-    done = metrics_log.rows[-1]["epoch"] if metrics_log.rows else 0
+    # Read back what last.ckpt holds: with ddp_spawn the training ran in other processes.
+    history = _saved_history(checkpoint.read_checkpoint(last)) if last.exists() else []
+    done = int(history[-1]["epoch"]) if history else 0
     wall_s = time.perf_counter() - started
-    return TrainResult(run_dir, int(done), metrics_log.rows, trainer.global_rank, interrupted, wall_s=wall_s)
+    return TrainResult(run_dir, done, history, trainer.global_rank, interrupted, wall_s=wall_s)
+
+
+def _saved_history(ckpt: dict[str, Any]) -> list[dict[str, float]]:
+    return list(ckpt["callbacks"][MetricsLog.__qualname__]["rows"])
 
 
 def _config_json(model_config: ModelConfig, config: TrainConfig) -> str:
