@@ -1,0 +1,264 @@
+"""Export EnhanceNet to LiteRT (`.tflite`) with litert-torch: FP32, or integer-only INT8.
+
+The I/O contract (what `qaie.runtime` relies on):
+- one signature per exported size, named ``enhance_{H}x{W}``, all in one file (they share
+  the weight buffers, so a second size adds only its graph, not a second copy of the weights);
+- each signature has exactly one input ``image`` and one output ``enhanced``, both
+  (1, H, W, 3) NHWC RGB;
+- FP32: float32 in [0, 1]. INT8: int8 with scale 1/255, zero point -128 (pixel value
+  p in 0..255 is stored as p - 128), or with ``uint8_io`` uint8 with scale 1/255, zero point 0.
+
+INT8 files are integer-only: every op between input and output runs on int8/int32 tensors.
+With int8 I/O the only QUANTIZE ops are int8->int8 requantizes (the tanh a|b skip entering a
+decoder concatenation, see `qaie.quantize`); uint8 I/O adds one uint8->int8 QUANTIZE at the
+input and one int8->uint8 at the output. No DEQUANTIZE anywhere.
+
+Beside every `FILE.tflite` a sidecar `FILE.tflite.json` records config, format, signatures,
+I/O quantization, versions and the source checkpoint. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.fx import GraphModule
+
+from qaie import quantize
+from qaie.atomic import atomic_path, check_writable, write_text_atomic
+from qaie.config import ModelConfig, to_dict
+from qaie.errors import QaieError
+from qaie.model import EnhanceNet
+from qaie.tflite_ops import OpTable, inspect_tflite
+
+Format = Literal["fp32", "int8"]
+Size = tuple[int, int]  # (H, W)
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "enhanced"
+_TFLITE_TYPES = {"int8": 9, "uint8": 3}  # tflite schema TensorType values
+
+
+def signature_name(size: Size) -> str:
+    return f"enhance_{size[0]}x{size[1]}"
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    sidecar: Path
+    format: Format
+    quant: str | None  # "qat" | "ptq" for INT8, None for FP32
+    sizes: list[Size]
+    signatures: list[str]
+    io: dict  # dtype, scale, zero_point, layout of every input and output
+    file_bytes: int
+    seconds: float
+    ops: OpTable
+
+
+class _NhwcIo(nn.Module):
+    """(1, H, W, 3) in -> network (NCHW) -> (1, H, W, 3) out, named for the signature."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        out = self.net(image.permute(0, 3, 1, 2))  # (1, 3, H, W)
+        return {OUTPUT_NAME: out.permute(0, 2, 3, 1)}
+
+
+@contextlib.contextmanager
+def _strict_static_qdq() -> Iterator[None]:
+    """Run the litert-torch (0.10) converter in strict static Q/DQ mode.
+
+    Static: Q/DQ pairs become int8 kernels. Strict: the converter keeps exactly the
+    quantization we placed; in its default mode it drops the int8->int8 requantize of the
+    tanh skip in front of a concatenation and then fails the equal-scale rule of
+    CONCATENATION. litert-torch's v1 path does not expose the flag, so the config factory is
+    wrapped for the duration of one conversion.
+    """
+    from litert_torch._convert import litert_converter
+
+    original = litert_converter.converter_api_ext
+
+    class _Patched:
+        def __getattr__(self, name: str):
+            return getattr(original, name)
+
+        @staticmethod
+        def ConvertToTFLConfig():
+            config = original.ConvertToTFLConfig()
+            config.qdq_conversion_mode = "STATIC"
+            config.strict_qdq_mode = True
+            return config
+
+    litert_converter.converter_api_ext = _Patched()
+    try:
+        yield
+    finally:
+        litert_converter.converter_api_ext = original
+
+
+def _integer_io(model_bytes: bytes, dtype: str) -> bytes:
+    """Replace the float input/output edges (QUANTIZE after the input, DEQUANTIZE before the
+    output) by `dtype` tensors, with TFLite's modify_model_interface, then point the
+    signatures at the new input/output tensors (the tool leaves them stale)."""
+    from ai_edge_litert import _pywrap_modify_model_interface as mmi
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "float_io.tflite", Path(tmp) / "int_io.tflite"
+        src.write_bytes(model_bytes)
+        status = mmi.modify_model_interface(str(src), str(dst), _TFLITE_TYPES[dtype], _TFLITE_TYPES[dtype])
+        assert status == 0, f"modify_model_interface failed with status {status}"
+        model = fb.read_model(dst)
+    for sig in model.signatureDefs:
+        graph = model.subgraphs[sig.subgraphIndex]
+        assert len(sig.inputs) == len(graph.inputs) == 1 and len(sig.outputs) == len(graph.outputs) == 1
+        sig.inputs[0].tensorIndex = graph.inputs[0]
+        sig.outputs[0].tensorIndex = graph.outputs[0]
+    return bytes(fb.convert_object_to_bytearray(model))
+
+
+def _convert(signatures: dict[str, tuple[nn.Module, Size]], int8: bool) -> bytes:
+    import litert_torch
+
+    converter = litert_torch.Converter()
+    for name, (module, (h, w)) in signatures.items():
+        converter.signature(name, module, sample_kwargs={INPUT_NAME: torch.rand(1, h, w, 3)})
+    with _strict_static_qdq() if int8 else contextlib.nullcontext():
+        return converter.convert().model_content()
+
+
+def _int8_graphs(
+    source: EnhanceNet | GraphModule, sizes: list[Size], calibration: Iterable[Tensor] | None
+) -> tuple[dict[str, tuple[nn.Module, Size]], str, ModelConfig]:
+    if isinstance(source, EnhanceNet):
+        if calibration is None:
+            raise QaieError(
+                "INT8 export of an FP32 model needs calibration images (PTQ); pass --calibrate SPEC"
+            )
+        prepared = quantize.prepare_ptq(source, torch.rand(1, 3, *sizes[0]))
+        quantize.calibrate(prepared, calibration)
+    else:
+        prepared = source
+    config, mode = quantize.graph_info(prepared)
+    graphs = {}
+    for size in sizes:  # converted graphs have fixed shapes: one per size, same quant params
+        static = quantize.reprepare(prepared, torch.rand(1, 3, *size), dynamic=False)
+        graphs[signature_name(size)] = (_NhwcIo(quantize.convert(static)), size)
+    return graphs, mode, config
+
+
+def export_tflite(
+    source: EnhanceNet | GraphModule,
+    fmt: Format,
+    sizes: list[Size],
+    out: Path,
+    *,
+    uint8_io: bool = False,
+    calibration: Iterable[Tensor] | None = None,
+    source_checkpoint: str | None = None,
+) -> ExportResult:
+    """Convert `source` to `out` (.tflite) with one signature per (H, W) in `sizes`.
+
+    Args:
+        source: an FP32 EnhanceNet, or a prepared QAT/PTQ graph (`qaie.quantize`), whose
+            learned/calibrated scales are exported as they are.
+        fmt: "fp32" or "int8". INT8 of an FP32 model first runs PTQ on `calibration`.
+        sizes: input sizes to export, each becomes signature ``enhance_{H}x{W}``.
+        out: the .tflite path; the sidecar goes to ``out`` + ".json".
+        uint8_io: INT8 only: uint8 input/output (zero point 0) instead of int8 (-128).
+        calibration: (B, 3, h, w) batches in [0, 1] for PTQ (any h, w).
+        source_checkpoint: recorded in the sidecar.
+    """
+    out = Path(out)
+    sizes = list(dict.fromkeys(tuple(s) for s in sizes))
+    if not sizes:
+        raise QaieError("no export size given; pass --size HxW[,HxW...]")
+    if fmt not in ("fp32", "int8"):
+        raise QaieError(f"format {fmt!r}: expected fp32 or int8")
+    if uint8_io and fmt != "int8":
+        raise QaieError("--uint8-io applies to INT8 exports only")
+    check_writable(out)
+    start = time.perf_counter()
+
+    if fmt == "fp32":
+        if not isinstance(source, EnhanceNet):
+            raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
+        net, quant, config = source.eval(), None, source.config
+        graphs = {signature_name(s): (_NhwcIo(net), s) for s in sizes}
+        with torch.no_grad():
+            model_bytes = _convert(graphs, int8=False)
+        io = {"dtype": "float32", "scale": None, "zero_point": None}
+    else:
+        graphs, quant, config = _int8_graphs(source, sizes, calibration)
+        io_dtype = "uint8" if uint8_io else "int8"
+        model_bytes = _integer_io(_convert(graphs, int8=True), io_dtype)
+        io = {
+            "dtype": io_dtype,
+            "scale": quantize.IO_SCALE,
+            "zero_point": quantize.IO_ZERO_POINT + (128 if uint8_io else 0),
+        }
+
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(model_bytes)
+        ops = inspect_tflite(tmp)
+    seconds = time.perf_counter() - start
+    signatures = [signature_name(s) for s in sizes]
+    result = ExportResult(
+        path=out,
+        sidecar=sidecar_path(out),
+        format=fmt,
+        quant=quant,
+        sizes=sizes,
+        signatures=signatures,
+        io={"layout": "NHWC", "input": INPUT_NAME, "output": OUTPUT_NAME, **io},
+        file_bytes=len(model_bytes),
+        seconds=seconds,
+        ops=ops,
+    )
+    write_text_atomic(
+        result.sidecar, json.dumps(_sidecar(result, config, source_checkpoint), indent=2) + "\n"
+    )
+    return result
+
+
+def _sidecar(result: ExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
+    from qaie.cli import versions
+
+    return {
+        "file": result.path.name,
+        "format": result.format,
+        "quant": result.quant,
+        "model_config": to_dict(config),
+        "signatures": [
+            {"name": name, "height": h, "width": w}
+            for name, (h, w) in zip(result.signatures, result.sizes, strict=True)
+        ],
+        "io": result.io,
+        "file_bytes": result.file_bytes,
+        "float_ops": result.ops.float_ops,
+        "quantize_ops": result.ops.quantize_ops,
+        "requantize_ops": result.ops.requantize_ops,
+        "dequantize_ops": result.ops.dequantize_ops,
+        "source_checkpoint": source_checkpoint,
+        "versions": {k: v for k, v in versions().items() if k in _VERSION_KEYS},
+    }
+
+
+_VERSION_KEYS = ("qaie", "torch", "torchao", "litert-torch", "ai-edge-litert")

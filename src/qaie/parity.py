@@ -1,0 +1,114 @@
+"""Does the deployed artifact compute what the PyTorch model computes? One comparison helper
+(`compare`), reused by the tests and by `qaie parity`.
+
+Both sides are compared as 8-bit images, the resolution of the deployed output: one LSB is
+1/255 of the [0, 1] range. The quantized PyTorch reference already ends on that grid (its
+output is quantized at scale 1/255, exactly like the INT8 artifact's), so rounding it to
+uint8 is exact; an FP32 output is rounded to the nearest level, as the runtime does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qaie.errors import QaieError
+
+
+@dataclass(frozen=True)
+class ParityStats:
+    """PSNR (dB, peak 255) between two 8-bit images and their absolute difference in LSB."""
+
+    psnr: float  # inf when identical
+    mean_abs_lsb: float
+    max_abs_lsb: int
+    pixels: int  # values compared (H * W * 3 per image)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[0, 1] float (any shape) -> uint8 levels, rounding half to even like torch's quantizer."""
+    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def compare(reference: np.ndarray, actual: np.ndarray) -> ParityStats:
+    """Compare two images (or stacks) of the same shape: float in [0, 1] or uint8 levels."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    if reference.shape != actual.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {actual.shape}")
+    ref, act = (a if a.dtype == np.uint8 else to_uint8(a) for a in (reference, actual))
+    diff = np.abs(ref.astype(np.int32) - act.astype(np.int32))
+    with np.errstate(divide="ignore"):  # identical images: inf dB
+        psnr = float(peak_signal_noise_ratio(ref, act, data_range=255))
+    return ParityStats(psnr, float(diff.mean()), int(diff.max()), diff.size)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """`qaie parity`: the quantized PyTorch model vs the LiteRT artifact on the same images."""
+
+    checkpoint: str
+    tflite: str
+    reference: str  # what ran on the PyTorch side
+    images: int  # per size
+    overall: ParityStats
+    per_size: dict[str, ParityStats]
+
+    def to_json(self) -> dict:
+        return {
+            "parity_psnr": self.overall.psnr,
+            "mean_abs_lsb": self.overall.mean_abs_lsb,
+            "max_abs_lsb": self.overall.max_abs_lsb,
+            "images": self.images,
+            "reference": self.reference,
+            "checkpoint": self.checkpoint,
+            "tflite": self.tflite,
+            "sizes": {k: asdict(v) for k, v in self.per_size.items()},
+        }
+
+
+def run_parity(
+    checkpoint: Path, tflite: Path, data: str, *, limit: int | None = None, seed: int = 0
+) -> ParityReport:
+    """Run the checkpoint's model and the `.tflite` on the same validation crops at every
+    size the file exports; the checkpoint is QAT/PTQ for an INT8 file, FP32 for an FP32 one.
+
+    PyTorch side: for QAT/PTQ checkpoints the quantized reference (`qaie.quantize.convert`
+    of the prepared graph, which is also the frozen fake-quant model's function); for FP32
+    the float network. Both sides get the same 8-bit input (the crop rounded to uint8).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from qaie import quantize
+    from qaie.checkpoint import load_model
+    from qaie.data import make_dataset
+    from qaie.runtime import TFLiteModel
+
+    model = TFLiteModel(tflite)
+    loaded = load_model(checkpoint)
+    if loaded.quant is None and model.is_int8:
+        raise QaieError(f"{checkpoint}: FP32 checkpoint but {tflite} is INT8; give the QAT/PTQ checkpoint")
+    if loaded.quant is not None and not model.is_int8:
+        raise QaieError(f"{checkpoint}: {loaded.quant} checkpoint but {tflite} is FP32; give the FP32 one")
+    net = quantize.convert(loaded.net) if loaded.quant else loaded.net.eval()
+    reference = f"quantize.convert ({loaded.quant} graph)" if loaded.quant else "FP32 EnhanceNet"
+
+    per_size, refs, acts = {}, [], []
+    for h, w in model.sizes:
+        dataset = make_dataset(data, "val", crop=max(h, w), seed=seed, limit=limit)
+        size_refs, size_acts = [], []
+        for i in tqdm(range(len(dataset)), desc=f"parity {h}x{w}", leave=False):
+            crop = dataset[i][0][:, :h, :w]  # (3, h, w) input image in [0, 1]
+            pixels = to_uint8(crop.permute(1, 2, 0).numpy())  # (h, w, 3): what both sides see
+            with torch.no_grad():
+                x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
+                size_refs.append(to_uint8(net(x)[0].permute(1, 2, 0).numpy()).ravel())
+            size_acts.append(model.run(pixels).ravel())
+        per_size[f"{h}x{w}"] = compare(np.concatenate(size_refs), np.concatenate(size_acts))
+        refs += size_refs
+        acts += size_acts
+    overall = compare(np.concatenate(refs), np.concatenate(acts))
+    return ParityReport(str(checkpoint), str(tflite), reference, len(dataset), overall, per_size)

@@ -1,0 +1,383 @@
+"""Integer-only INT8 quantization of EnhanceNet with torchao PT2E: one quantizer for PTQ and QAT.
+
+The rules live in ``RULES`` (aten op -> small annotator); every op of the network gets a
+quantized output, so the LiteRT converter can lower the whole graph to int8 kernels:
+
+- conv weights: per-channel symmetric int8 in [-127, 127] (scale = amax / 127, what TFLite
+  stores); bias left float so the converter makes the int32 bias (scale = s_in * s_w) itself;
+- activations: per-tensor asymmetric int8, moving-average min/max, torch's default eps;
+- the network input and output: fixed scale 1/255, zero point -128 (uint8 pixels map exactly);
+- tanh output: fixed 1/128, zero point 0 (what TFLite/XNNPACK require for int8 TANH);
+- max-pool, resize, concatenation: output shares its inputs' scale (TFLite int8 kernels
+  require equal input/output scales). A fixed-scale input of a concatenation (the tanh a|b
+  skip) cannot share: it gets its own edge observer, i.e. an int8->int8 requantize.
+
+PTQ uses observers, QAT plain ``FakeQuantize`` (never the fused variant: it computes weight
+scales as amax/127.5 while the converter uses amax/127). Both graphs have the same observer
+layout, so a state dict moves between them and between input sizes.
+
+Imports are pinned to ``torchao.quantization.pt2e`` (torchao 0.18), not torch.ao (deprecated).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import operator
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.export import Dim
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e import FakeQuantize, disable_observer, enable_observer
+from torchao.quantization.pt2e.observer import (
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+)
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer import (
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpec,
+    QuantizationSpecBase,
+    Quantizer,
+    SharedQuantizationSpec,
+)
+from tqdm import tqdm
+
+from qaie.config import ModelConfig
+from qaie.model import EnhanceNet
+
+QuantMode = Literal["qat", "ptq"]
+aten = torch.ops.aten
+
+# Fixed quantization of the network's input and output: q = round(255 * x) - 128, x in [0, 1].
+IO_SCALE = 1.0 / 255.0
+IO_ZERO_POINT = -128
+# TFLite's int8 TANH output (range [-1, 1)).
+TANH_SCALE = 1.0 / 128.0
+TANH_ZERO_POINT = 0
+
+_META_KEY = "qaie"  # GraphModule.meta entry holding {"config": ModelConfig, "mode": QuantMode}
+
+
+def _fixed(scale: float, zero_point: int) -> FixedQParamsQuantizationSpec:
+    return FixedQParamsQuantizationSpec(
+        dtype=torch.int8,
+        scale=scale,
+        zero_point=zero_point,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+    )
+
+
+class RsqrtInputFakeQuantize(FakeQuantize):
+    """Fake-quant for the input of rsqrt (the norm's var + eps): a value that rounds to 0
+    comes out as half a step instead of 0.
+
+    The int8 model then gives rsqrt the code of 0 and TFLite's RSQRT answers with its largest
+    output; rsqrt(half a step) lands there too, instead of rsqrt(0) = inf, which would break
+    the next observer and give NaN gradients (0 * inf) in QAT.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
+        if self.fake_quant_enabled[0] == 1:
+            out = torch.where(out > 0, out, 0.5 * self.scale)  # (B, C, 1, 1), inputs >= eps > 0
+        return out
+
+
+@dataclass(frozen=True)
+class QuantSpecs:
+    """The four kinds of quantization in the network, for PTQ (observers) or QAT (fake-quant)."""
+
+    activation: QuantizationSpec
+    rsqrt_input: QuantizationSpec  # activation, never 0 in QAT (see RsqrtInputFakeQuantize)
+    weight: QuantizationSpec
+    io: FixedQParamsQuantizationSpec
+    tanh: FixedQParamsQuantizationSpec
+
+    @classmethod
+    def build(cls, qat: bool) -> QuantSpecs:
+        act_obs = (
+            FakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
+            if qat
+            else MovingAverageMinMaxObserver
+        )
+        weight_obs = (
+            FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver)
+            if qat
+            else PerChannelMinMaxObserver
+        )
+        activation = QuantizationSpec(
+            dtype=torch.int8,
+            quant_min=-128,
+            quant_max=127,
+            qscheme=torch.per_tensor_affine,
+            observer_or_fake_quant_ctr=act_obs,  # observer eps: torch's default (float32 eps)
+        )
+        weight = QuantizationSpec(
+            dtype=torch.int8,
+            quant_min=-127,
+            quant_max=127,
+            qscheme=torch.per_channel_symmetric,
+            ch_axis=0,
+            observer_or_fake_quant_ctr=weight_obs,
+        )
+        rsqrt_input = dataclasses.replace(
+            activation,
+            observer_or_fake_quant_ctr=(
+                RsqrtInputFakeQuantize.with_args(observer=MovingAverageMinMaxObserver) if qat else act_obs
+            ),
+        )
+        io, tanh = _fixed(IO_SCALE, IO_ZERO_POINT), _fixed(TANH_SCALE, TANH_ZERO_POINT)
+        return cls(activation, rsqrt_input, weight, io, tanh)
+
+
+# --- annotators: one per kind of op ---------------------------------------------------------------
+
+
+def _annotation(node: Node) -> QuantizationAnnotation | None:
+    return node.meta.get("quantization_annotation")
+
+
+def _root_spec(node: Node) -> QuantizationSpecBase | None:
+    """The spec that finally decides `node`'s output quantization (follows shared specs)."""
+    ann = _annotation(node)
+    spec = ann.output_qspec if ann else None
+    while isinstance(spec, SharedQuantizationSpec):
+        source = spec.edge_or_node
+        if isinstance(source, tuple):  # an input edge (arg, user)
+            ann = _annotation(source[1])
+            spec = ann.input_qspec_map[source[0]]
+        else:
+            spec = _root_spec(source)
+    return spec
+
+
+def _input_spec(arg: Node, specs: QuantSpecs) -> QuantizationSpecBase:
+    """How an op reads `arg`: the network input at the I/O scale, a quantized op output as it
+    was quantized (no requantize), a constant (norm eps) with its own observer."""
+    if arg.op == "placeholder":
+        return specs.io
+    if _root_spec(arg) is not None:
+        return SharedQuantizationSpec(arg)
+    return specs.activation
+
+
+def _set(node: Node, inputs: dict[Node, QuantizationSpecBase], output: QuantizationSpecBase) -> None:
+    node.meta["quantization_annotation"] = QuantizationAnnotation(
+        input_qspec_map=inputs, output_qspec=output, _annotated=True
+    )
+
+
+def _tensor_args(node: Node) -> list[Node]:
+    args = node.args[0] if node.target == aten.cat.default else node.args
+    return [a for a in args if isinstance(a, Node)]
+
+
+def annotate_conv(node: Node, specs: QuantSpecs) -> None:
+    x, weight = node.args[0], node.args[1]
+    _set(node, {x: _input_spec(x, specs), weight: specs.weight}, specs.activation)
+
+
+def annotate_elementwise(node: Node, specs: QuantSpecs) -> None:
+    """Own observed output scale (add, sub, mul, mean, rsqrt, LeakyReLU)."""
+    _set(node, {a: _input_spec(a, specs) for a in _tensor_args(node)}, specs.activation)
+
+
+def annotate_tanh(node: Node, specs: QuantSpecs) -> None:
+    x = node.args[0]
+    _set(node, {x: _input_spec(x, specs)}, specs.tanh)
+
+
+def annotate_rsqrt(node: Node, specs: QuantSpecs) -> None:
+    """rsqrt(var + eps): the op computing var + eps gets the never-zero input quantization."""
+    x = node.args[0]
+    assert len(x.users) == 1 and _annotation(x) is not None, f"{x.name}: rsqrt input must be an op"
+    _annotation(x).output_qspec = specs.rsqrt_input
+    _set(node, {x: SharedQuantizationSpec(x)}, specs.activation)
+
+
+def annotate_passthrough(node: Node, specs: QuantSpecs) -> None:
+    """Max-pool, nearest resize: output shares the input's quantization (no rescale)."""
+    x = node.args[0]
+    _set(node, {x: _input_spec(x, specs)}, SharedQuantizationSpec(x))
+
+
+def annotate_cat(node: Node, specs: QuantSpecs) -> None:
+    """Inputs and output share one scale. A fixed-scale input (tanh) joins only when every input
+    is fixed; in a mixed concatenation it is requantized on its edge to the shared scale."""
+    inputs = _tensor_args(node)
+    free = [a for a in inputs if not isinstance(_root_spec(a), FixedQParamsQuantizationSpec)]
+    anchor = free[0] if free else inputs[0]
+    shared = SharedQuantizationSpec((anchor, node))
+    qmap = {a: shared if (a in free or not free) else SharedQuantizationSpec(node) for a in inputs}
+    qmap[anchor] = _input_spec(anchor, specs)
+    _set(node, qmap, shared)
+
+
+def annotate_output_clamp(node: Node, specs: QuantSpecs) -> None:
+    """clamp(y, 0, 1) at the end: y itself is quantized at the output's fixed 1/255 scale, which
+    is the clamp (int8 [-128, 127] is exactly [0, 1]), so no precision is lost before it."""
+    y = node.args[0]
+    assert len(y.users) == 1 and _annotation(y) is not None, f"{y.name}: output clamp input must be an op"
+    _annotation(y).output_qspec = specs.io
+    _set(node, {y: SharedQuantizationSpec(y)}, specs.io)
+
+
+Annotator = Callable[[Node, QuantSpecs], None]
+
+# The rules: every compute op of EnhanceNet (torch.export training IR) and how it is quantized.
+RULES: dict[Callable, Annotator] = {
+    aten.conv2d.default: annotate_conv,
+    aten.tanh.default: annotate_tanh,
+    aten.mul.Tensor: annotate_elementwise,
+    aten.add.Tensor: annotate_elementwise,
+    aten.sub.Tensor: annotate_elementwise,
+    aten.mean.dim: annotate_elementwise,
+    aten.rsqrt.default: annotate_rsqrt,
+    aten.leaky_relu.default: annotate_elementwise,
+    aten.max_pool2d.default: annotate_passthrough,
+    aten.upsample_nearest2d.vec: annotate_passthrough,
+    aten.cat.default: annotate_cat,
+    aten.clamp.default: annotate_output_clamp,
+}
+# Ops that only reshape constants (e.g. a parameter's view) need no rule.
+_CONSTANT_OPS = {aten.view.default, operator.getitem}
+
+
+class QaieQuantizer(Quantizer):
+    """Quantizes every op of EnhanceNet for an integer-only TFLite model (rules in ``RULES``)."""
+
+    def __init__(self, qat: bool) -> None:
+        super().__init__()
+        self.specs = QuantSpecs.build(qat)
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        """Python scalars in add/sub/mul (the norm's eps) become tensor constants so they can
+        be quantized like any other input."""
+        for node in list(model.graph.nodes):
+            if node.op != "call_function" or node.target not in (
+                aten.add.Tensor,
+                aten.sub.Tensor,
+                aten.mul.Tensor,
+            ):
+                continue
+            args = list(node.args)
+            for i, arg in enumerate(args):
+                if isinstance(arg, int | float):
+                    name = f"_qaie_scalar_{node.name}_{i}"
+                    model.register_buffer(name, torch.tensor(float(arg)))
+                    with model.graph.inserting_before(node):
+                        args[i] = model.graph.get_attr(name)
+            node.args = tuple(args)
+        model.recompile()
+        return model
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        for node in model.graph.nodes:
+            if node.op == "call_function" and node.target in RULES:
+                RULES[node.target](node, self.specs)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        for node in model.graph.nodes:
+            if node.op != "call_function" or node.target in _CONSTANT_OPS:
+                continue
+            if not isinstance(node.meta.get("val"), torch.Tensor):  # symbolic sizes, asserts
+                continue
+            if _annotation(node) is None:
+                raise NotImplementedError(
+                    f"no quantization rule for {node.target} ({node.name}); add one to qaie.quantize.RULES"
+                )
+
+
+# --- preparing, calibrating, converting -----------------------------------------------------------
+
+# Smallest H, W a prepared graph accepts: below 13 the S/8 maps shrink to 1 pixel and
+# torch.export specializes the graph.
+MIN_SIZE = 16
+_MAX_SIZE = 1 << 14
+
+
+def _export(model: EnhanceNet, example: Tensor, dynamic: bool) -> GraphModule:
+    """torch.export training IR; with `dynamic`, batch, H and W are symbolic so one prepared
+    graph takes training crops and whole validation images alike."""
+    shapes = None
+    if dynamic:
+        batch = Dim("batch", min=1, max=_MAX_SIZE)
+        height, width = Dim("height", min=MIN_SIZE, max=_MAX_SIZE), Dim("width", min=MIN_SIZE, max=_MAX_SIZE)
+        shapes = ({0: batch, 2: height, 3: width},)
+    return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False).module()
+
+
+def prepare_qat(model: EnhanceNet, example: Tensor, dynamic: bool = True) -> GraphModule:
+    """Fake-quantized training graph (straight-through estimator) of `model`.
+
+    Args:
+        model: the FP32 network (its current weights are the starting point).
+        example: a (B, 3, H, W) input; with `dynamic` only its rank and dtype matter.
+        dynamic: accept any batch and H, W >= MIN_SIZE (False: only `example`'s shape).
+    """
+    prepared = prepare_qat_pt2e(_export(model.train(), example, dynamic), QaieQuantizer(qat=True))
+    return _tag(prepared, model.config, "qat")
+
+
+def prepare_ptq(model: EnhanceNet, example: Tensor, dynamic: bool = True) -> GraphModule:
+    """Observed graph of `model` for PTQ calibration (same rules and layout as `prepare_qat`)."""
+    prepared = prepare_pt2e(_export(model.eval(), example, dynamic), QaieQuantizer(qat=False))
+    return _tag(prepared, model.config, "ptq")
+
+
+def _tag(prepared: GraphModule, config: ModelConfig, mode: QuantMode) -> GraphModule:
+    prepared.meta[_META_KEY] = {"config": config, "mode": mode}
+    return prepared
+
+
+def graph_info(prepared: GraphModule) -> tuple[ModelConfig, QuantMode]:
+    """The ModelConfig and mode ("qat" | "ptq") a graph was prepared from."""
+    info = prepared.meta.get(_META_KEY)
+    assert info is not None, "not a graph from qaie.quantize.prepare_qat/prepare_ptq"
+    return info["config"], info["mode"]
+
+
+def reprepare(prepared: GraphModule, example: Tensor, dynamic: bool = True) -> GraphModule:
+    """The same quantized model prepared anew for `example`'s shape.
+
+    Weights, observer min/max and fake-quant scales do not depend on the input size, so a
+    fresh graph of the same config loads the state dict exactly; this is also how a QAT/PTQ
+    checkpoint reloads (rebuild EnhanceNet(config), prepare, load_state_dict).
+    """
+    config, mode = graph_info(prepared)
+    prepare = prepare_qat if mode == "qat" else prepare_ptq
+    fresh = prepare(EnhanceNet(config), example, dynamic)
+    fresh.load_state_dict(prepared.state_dict())
+    return fresh
+
+
+def calibrate(prepared: GraphModule, batches: Iterable[Tensor]) -> None:
+    """Run (B, 3, H, W) batches in [0, 1] through `prepared` with observers on, no gradients."""
+    prepared.apply(enable_observer)
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False, file=sys.stderr):
+            prepared(batch)
+
+
+def freeze_observers(prepared: GraphModule) -> None:
+    """Stop updating scales (QAT after N steps, and before evaluating): fake-quant keeps
+    using the current scale/zero point. No effect on PTQ observers (they only observe)."""
+    prepared.apply(disable_observer)
+
+
+def convert(prepared: GraphModule) -> GraphModule:
+    """The quantized reference model: int8 quantize/dequantize around every op, computed in
+    float by PyTorch. This is what litert-torch converts, and what the fake-quant model
+    simulates. `prepared` is left untouched."""
+    return convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)

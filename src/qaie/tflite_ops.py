@@ -1,0 +1,165 @@
+"""What is inside a `.tflite` file: op table, float ops, Q/DQ ops, signatures and their I/O.
+
+Reads the flatbuffer with the schema reader that ai-edge-litert ships (no interpreter, no
+torch: the runtime side may import this module).
+
+Definitions (over every op of every subgraph in the file):
+- ``float_ops``: ops with at least one floating-point (float16/32/64, bfloat16) input or
+  output tensor. An integer-only model has 0; a model with float I/O has at least its
+  edge QUANTIZE/DEQUANTIZE.
+- ``quantize_ops``: QUANTIZE ops, of which ``requantize_ops`` take an integer input
+  (int8 -> int8 rescale, or uint8 <-> int8 at uint8 I/O edges): integer-only ops.
+- ``dequantize_ops``: DEQUANTIZE ops.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qaie.errors import QaieError
+
+_FLOAT_TYPES = {"FLOAT16", "FLOAT32", "FLOAT64", "BFLOAT16"}
+
+
+@dataclass(frozen=True)
+class OpRow:
+    """One kind of op: its name, input/output dtypes and how often it occurs."""
+
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    count: int
+
+    @property
+    def is_float(self) -> bool:
+        return any(t in _FLOAT_TYPES for t in self.inputs + self.outputs)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A signature input or output: shape (NHWC for our models), dtype and quantization."""
+
+    signature: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float | None
+    zero_point: int | None
+
+
+@dataclass(frozen=True)
+class OpTable:
+    ops: list[OpRow]
+    signatures: list[str]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    @property
+    def float_ops(self) -> int:
+        return sum(r.count for r in self.ops if r.is_float)
+
+    @property
+    def quantize_ops(self) -> int:
+        return sum(r.count for r in self.ops if r.op == "QUANTIZE")
+
+    @property
+    def requantize_ops(self) -> int:
+        return sum(r.count for r in self.ops if r.op == "QUANTIZE" and not r.is_float)
+
+    @property
+    def dequantize_ops(self) -> int:
+        return sum(r.count for r in self.ops if r.op == "DEQUANTIZE")
+
+    @property
+    def total_ops(self) -> int:
+        return sum(r.count for r in self.ops)
+
+    def to_json(self) -> dict:
+        return {
+            "ops": [asdict(r) for r in self.ops],
+            "total_ops": self.total_ops,
+            "float_ops": self.float_ops,
+            "quantize_ops": self.quantize_ops,
+            "requantize_ops": self.requantize_ops,
+            "dequantize_ops": self.dequantize_ops,
+            "signatures": self.signatures,
+            "inputs": [asdict(t) for t in self.inputs],
+            "outputs": [asdict(t) for t in self.outputs],
+        }
+
+
+def inspect_tflite(path: Path) -> OpTable:
+    """Op table of every subgraph in `path`, plus each signature's inputs and outputs."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    path = Path(path)
+    try:
+        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    except OSError as err:
+        raise QaieError(f"{path}: cannot read ({err.strerror}); give an existing .tflite file") from err
+    except Exception as err:  # flatbuffers raises plain errors on garbage
+        raise QaieError(f"{path}: not a TFLite flatbuffer ({err}); give a .tflite file") from err
+
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+    def tensor_dtype(graph, index: int) -> str:
+        return type_names[graph.Tensors(index).Type()]
+
+    counts: Counter[tuple[str, tuple[str, ...], tuple[str, ...]]] = Counter()
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(fb.get_builtin_code_from_operator_code(code), "CUSTOM")
+            if name == "CUSTOM" and code.CustomCode():
+                name = f"CUSTOM:{code.CustomCode().decode()}"
+            ins = tuple(tensor_dtype(graph, i) for i in op.InputsAsNumpy() if i >= 0)
+            outs = tuple(tensor_dtype(graph, i) for i in op.OutputsAsNumpy() if i >= 0)
+            counts[(name, ins, outs)] += 1
+
+    def tensor_info(sig_name: str, graph, tensor_map) -> TensorInfo:
+        t = graph.Tensors(tensor_map.TensorIndex())
+        q = t.Quantization()
+        has_q = q is not None and q.ScaleLength() == 1
+        return TensorInfo(
+            signature=sig_name,
+            name=tensor_map.Name().decode(),
+            shape=tuple(int(d) for d in t.ShapeAsNumpy()),
+            dtype=type_names[t.Type()],
+            scale=float(q.Scale(0)) if has_q else None,
+            zero_point=int(q.ZeroPoint(0)) if has_q else None,
+        )
+
+    signatures, inputs, outputs = [], [], []
+    for s in range(model.SignatureDefsLength()):
+        sig = model.SignatureDefs(s)
+        name = sig.SignatureKey().decode()
+        graph = model.Subgraphs(sig.SubgraphIndex())
+        signatures.append(name)
+        inputs += [tensor_info(name, graph, sig.Inputs(i)) for i in range(sig.InputsLength())]
+        outputs += [tensor_info(name, graph, sig.Outputs(i)) for i in range(sig.OutputsLength())]
+
+    rows = [OpRow(op, ins, outs, n) for (op, ins, outs), n in sorted(counts.items())]
+    return OpTable(rows, signatures, inputs, outputs)
+
+
+def format_table(table: OpTable) -> str:
+    """Human-readable op table (what `qaie inspect` prints without --json)."""
+    lines = [f"{'count':>5}  {'op':<26} inputs -> outputs"]
+    for r in table.ops:
+        flag = "  [float]" if r.is_float else ""
+        lines.append(f"{r.count:>5}  {r.op:<26} {','.join(r.inputs)} -> {','.join(r.outputs)}{flag}")
+    lines.append(
+        f"total_ops: {table.total_ops}  float_ops: {table.float_ops}  quantize_ops: {table.quantize_ops}"
+        f" (requantize {table.requantize_ops})  dequantize_ops: {table.dequantize_ops}"
+    )
+    for t in table.inputs + table.outputs:
+        kind = "input " if t in table.inputs else "output"
+        q = f" scale={t.scale:.8g} zero_point={t.zero_point}" if t.scale is not None else ""
+        lines.append(f"{t.signature}: {kind} {t.name} {list(t.shape)} {t.dtype}{q}")
+    return "\n".join(lines)
