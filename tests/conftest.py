@@ -19,26 +19,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# --- a tiny float .tflite for the runtime, enhance and bench tests ------------------------------
+# --- tiny exported models for the runtime, enhance and bench tests -------------------------------
 
 TINY_TILE = (96, 96)  # a tile size
 TINY_WHOLE = (192, 256)  # big enough to run a whole test image: the reference for tiling
 
 
 @pytest.fixture(scope="session")
-def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A width-4 EnhanceNet as an FP32 NHWC `.tflite` with signatures `enhance_96x96` and
-    `enhance_192x256` (same weights), converted once per session.
+def tiny_net():  # -> qaie.model.EnhanceNet (torch imported lazily)
+    """A width-4 EnhanceNet made to behave like a trained one for the tiling tests.
 
     Its InstanceNorm scales are zeroed so the network is local (no per-image statistics): a
     tiled run must then reproduce the whole-image run away from tile borders, which isolates
     the tiling code. The head is scaled down so the output is a mild correction of the input
     (about 10/255 on average), like a trained model's rather than a random network's noise.
     """
-    import litert_torch
     import torch
 
-    from qaie.checkpoint import save_model
     from qaie.config import ModelConfig
     from qaie.model import EnhanceNet, InstanceNorm
 
@@ -50,13 +47,18 @@ def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 module.weight.zero_()
         net.head.weight *= 0.05
         net.head.bias *= 0.05
-    nhwc = _NHWC(net).eval()
-    converter = litert_torch
-    for h, w in (TINY_TILE, TINY_WHOLE):
-        converter = converter.signature(f"enhance_{h}x{w}", nhwc, (torch.rand(1, h, w, 3),))
+    return net
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tiny_net, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_net` exported FP32 with signatures `enhance_96x96` and `enhance_192x256`."""
+    from qaie.checkpoint import save_model
+    from qaie.export import export_tflite
+
     path = tmp_path_factory.mktemp("tiny") / "tiny_fp32.tflite"
-    converter.convert().export(str(path))
-    save_model(path.with_suffix(".ckpt"), net, net.config)  # the same weights, for tiny_checkpoint
+    export_tflite(tiny_net, "fp32", [TINY_TILE, TINY_WHOLE], path)
+    save_model(path.with_suffix(".ckpt"), tiny_net, tiny_net.config)  # for tiny_checkpoint
     return path
 
 
@@ -66,17 +68,20 @@ def tiny_checkpoint(tiny_tflite: Path) -> Path:
     return tiny_tflite.with_suffix(".ckpt")
 
 
-def _NHWC(net):  # -> torch.nn.Module (torch imported lazily)
-    from torch import nn
+@pytest.fixture(scope="session", params=["int8", "uint8"])
+def tiny_int8_tflite(request, tiny_net, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_net` exported integer-only INT8 (PTQ on crops of a real photo) at the same sizes,
+    with int8 I/O (zero point -128) or uint8 I/O (zero point 0, as shipped)."""
+    import skimage.data
+    import torch
 
-    class NHWC(nn.Module):
-        """(1, H, W, 3) in and out, as the exported models' contract says."""
+    from qaie.export import export_tflite
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-    return NHWC()
+    photo = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1).float() / 255  # (3, 512, 512)
+    crops = [photo[:, y : y + 96, x : x + 96] for y in (0, 200, 400) for x in (0, 200, 400)]
+    path = tmp_path_factory.mktemp("tiny") / f"tiny_int8_{request.param}_io.tflite"
+    export_tflite(
+        tiny_net, "int8", [TINY_TILE, TINY_WHOLE], path, uint8_io=request.param == "uint8",
+        calibration=[torch.stack(crops)],
+    )  # fmt: skip
+    return path

@@ -72,3 +72,12 @@ def test_bench_bad_model_and_existing_json(tmp_path, tiny_tflite, capsys):
     assert main(["bench", str(tiny_tflite), "--json", str(existing)]) == 2
     assert "output exists; pass --overwrite" in capsys.readouterr().err
     assert existing.read_text() == "{}"
+
+
+def test_bench_int8_model(tiny_int8_tflite, capsys):
+    assert (
+        main(["bench", str(tiny_int8_tflite), "--size", "96x96", "--runs", "1", "--warmup", "0", "--json"])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["int8"] is True and [r["mode"] for r in report["rows"]] == ["direct"]

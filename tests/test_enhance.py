@@ -54,6 +54,12 @@ def test_one_file_to_file(tmp_path, tiny_tflite, capsys):
     assert 1 < np.abs(enhanced.astype(np.int16) - original).mean() < 30  # changed, mildly
 
 
+def test_int8_model(tmp_path, tiny_int8_tflite):
+    src = _photo(tmp_path / "cat.jpg", (300, 200))  # tiled with 192x256
+    assert _enhance(src, "-o", tmp_path / "out.png", "--model", tiny_int8_tflite) == 0
+    assert _dims(tmp_path / "out.png") == (200, 300)
+
+
 def test_folder_and_files_to_folder(tmp_path, tiny_tflite, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
