@@ -85,3 +85,75 @@ def tiny_int8_tflite(request, tiny_net, tmp_path_factory: pytest.TempPathFactory
         calibration=[torch.stack(crops)],
     )  # fmt: skip
     return path
+
+
+# --- quantized tiny models: FP32, PTQ and QAT checkpoints and their exports (built once) ---------
+
+QUANT_SIZES = [(64, 64), (48, 80)]  # two signatures per exported file
+
+
+@pytest.fixture(scope="session")
+def quant_models(tmp_path_factory: pytest.TempPathFactory):  # -> QuantModels (torch imported lazily)
+    """A width-4 network trained briefly on builtin crops (a random network is chaotic: its
+    output changes by tens of LSB for half-LSB input noise, unlike a trained one), then
+    PTQ-calibrated and QAT fine-tuned; the three checkpoints and their `.tflite` exports at
+    QUANT_SIZES (INT8 with int8 I/O; QAT also with uint8 I/O at the first size).
+    """
+    from dataclasses import dataclass
+
+    import torch
+
+    from qaie import quantize
+    from qaie.checkpoint import save_model
+    from qaie.config import ModelConfig
+    from qaie.data import make_dataset
+    from qaie.export import export_tflite
+    from qaie.model import EnhanceNet
+
+    @dataclass(frozen=True)
+    class QuantModels:
+        fp32: EnhanceNet
+        ptq: torch.fx.GraphModule
+        qat: torch.fx.GraphModule
+        crops: torch.Tensor  # (N, 3, 32, 32) training inputs
+        ckpt: dict[str, Path]  # fp32 / ptq / qat
+        tflite: dict[str, Path]  # fp32 / ptq / qat / qat_uint8
+
+    torch.manual_seed(0)
+    data = make_dataset("builtin", "train", crop=32, repeats=16)
+    pairs = [data[i] for i in range(len(data))]
+    x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])  # (112, 3, 32, 32)
+
+    def train(net: torch.nn.Module, steps: int, lr: float, freeze_at: int | None = None) -> None:
+        g = torch.Generator().manual_seed(0)
+        opt = torch.optim.Adam(net.parameters(), lr)
+        for step in range(steps):
+            if step == freeze_at:
+                quantize.freeze_observers(net)
+            idx = torch.randint(0, len(x), (16,), generator=g)
+            loss = (net(x[idx]) - y[idx]).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    config = ModelConfig(width=4)
+    fp32 = EnhanceNet(config)
+    train(fp32, steps=400, lr=2e-3)
+    fp32.eval()
+    ptq = quantize.prepare_ptq(fp32, x[:2])
+    quantize.calibrate(ptq, x[:64].split(16))
+    qat = quantize.prepare_qat(fp32, x[:2])
+    train(qat, steps=100, lr=2e-4, freeze_at=50)
+    quantize.freeze_observers(qat)
+
+    out = tmp_path_factory.mktemp("quant")
+    ckpt = {"fp32": out / "fp32.ckpt", "ptq": out / "ptq.ckpt", "qat": out / "qat.ckpt"}
+    save_model(ckpt["fp32"], fp32, config)
+    save_model(ckpt["ptq"], ptq, config, "ptq")
+    save_model(ckpt["qat"], qat, config, "qat")
+    tflite = {name: out / f"{name}.tflite" for name in ("fp32", "ptq", "qat", "qat_uint8")}
+    export_tflite(fp32, "fp32", QUANT_SIZES, tflite["fp32"], source_checkpoint=str(ckpt["fp32"]))
+    export_tflite(ptq, "int8", QUANT_SIZES, tflite["ptq"], source_checkpoint=str(ckpt["ptq"]))
+    export_tflite(qat, "int8", QUANT_SIZES, tflite["qat"], source_checkpoint=str(ckpt["qat"]))
+    export_tflite(qat, "int8", QUANT_SIZES[:1], tflite["qat_uint8"], uint8_io=True)
+    return QuantModels(fp32, ptq, qat, x, ckpt, tflite)

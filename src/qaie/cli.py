@@ -327,6 +327,116 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
 
 
+# --- export / inspect / parity ---------------------------------------------------------------
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="convert a checkpoint to a LiteRT .tflite (FP32 or integer-only INT8)")
+    p.add_argument("checkpoint", metavar="CKPT", help="FP32, QAT or PTQ checkpoint")
+    p.add_argument("--format", required=True, choices=("fp32", "int8"), help="INT8 keeps QAT/PTQ scales")
+    p.add_argument("--size", required=True, metavar="HxW[,HxW...]", help="input sizes, one signature each")
+    p.add_argument(
+        "--out", required=True, metavar="FILE.tflite", help="sidecar JSON goes to FILE.tflite.json"
+    )
+    p.add_argument("--calibrate", metavar="SPEC", help="INT8 from an FP32 checkpoint: PTQ on this data")
+    p.add_argument("--calibrate-images", type=int, default=128, help="PTQ training crops (default 128)")
+    p.add_argument("--uint8-io", action="store_true", help="INT8: uint8 input/output instead of int8")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable
+    from qaie.checkpoint import load_model
+    from qaie.export import export_tflite
+    from qaie.runtime import parse_sizes
+
+    out = Path(args.out)
+    check_writable(out, args.overwrite)
+    sizes = parse_sizes(args.size)
+    loaded = load_model(args.checkpoint)
+    calibration = None
+    if args.format == "int8" and loaded.quant is None:
+        if not args.calibrate:
+            raise QaieError(f"{args.checkpoint}: FP32 checkpoint; INT8 needs PTQ data, pass --calibrate SPEC")
+        from qaie.quantize import calibration_batches
+
+        calibration = calibration_batches(args.calibrate, images=args.calibrate_images)
+    result = export_tflite(
+        loaded.net,
+        args.format,
+        sizes,
+        out,
+        uint8_io=args.uint8_io,
+        calibration=calibration,
+        source_checkpoint=str(args.checkpoint),
+    )
+    kind = f"int8 ({result.quant})" if result.quant else "fp32"
+    print(
+        f"wrote {result.path} ({kind}, {result.file_bytes} bytes, {result.seconds:.1f} s) and {result.sidecar}"
+    )
+    print(f"  signatures: {', '.join(result.signatures)}")
+    io = result.io
+    q = f" scale {io['scale']:.8g} zero point {io['zero_point']}" if io["scale"] else ""
+    print(f"  I/O: {io['input']} -> {io['output']}, (1, H, W, 3) {io['layout']} {io['dtype']}{q}")
+    print(
+        f"  ops: {result.ops.total_ops}, float {result.ops.float_ops}, quantize {result.ops.quantize_ops}"
+        f" (requantize {result.ops.requantize_ops}), dequantize {result.ops.dequantize_ops}"
+    )
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="op table of a .tflite: dtypes, float ops, quantize/dequantize ops")
+    p.add_argument("model", metavar="FILE.tflite")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> None:
+    from qaie.tflite_ops import format_table, inspect_tflite
+
+    table = inspect_tflite(args.model)
+    print(json.dumps(table.to_json(), indent=2) if args.json else format_table(table))
+
+
+def _add_parity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("parity", help="the PyTorch (quantized) model vs its .tflite on the same images")
+    p.add_argument("checkpoint", metavar="CKPT", help="the checkpoint the .tflite was exported from")
+    p.add_argument("model", metavar="FILE.tflite")
+    p.add_argument("--data", required=True, help="data spec; its validation split is used")
+    p.add_argument("--limit", type=int, help="first N validation images only")
+    p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (or stdout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    p.set_defaults(handler=_run_parity)
+
+
+def _run_parity(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable, write_text_atomic
+    from qaie.parity import run_parity
+
+    to_file = args.json not in (None, "-")
+    if to_file:
+        check_writable(Path(args.json), args.overwrite)
+    report = run_parity(Path(args.checkpoint), Path(args.model), args.data, limit=args.limit)
+    data = report.to_json()
+    if to_file:
+        write_text_atomic(args.json, json.dumps(data, indent=2) + "\n")
+    if args.json == "-":
+        print(json.dumps(data, indent=2))
+        return
+    print(f"{args.model} vs {args.checkpoint} [{report.reference}], {report.images} images per size")
+    for size, s in report.per_size.items():
+        print(
+            f"  {size}: PSNR {s.psnr:.2f} dB  mean |diff| {s.mean_abs_lsb:.3f} LSB  max {s.max_abs_lsb} LSB"
+        )
+    o = report.overall
+    print(f"  parity_psnr {o.psnr:.2f} dB  mean |diff| {o.mean_abs_lsb:.3f} LSB  max {o.max_abs_lsb} LSB")
+
+
 # --- main -------------------------------------------------------------------------------------
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -337,6 +447,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_evaluate,
     _add_camera_stats,
+    _add_export,
+    _add_inspect,
+    _add_parity,
 ]
 
 

@@ -9,9 +9,8 @@ The I/O contract (what `qaie.runtime` relies on):
   p in 0..255 is stored as p - 128), or with ``uint8_io`` uint8 with scale 1/255, zero point 0.
 
 INT8 files are integer-only: every op between input and output runs on int8/int32 tensors.
-With int8 I/O the only QUANTIZE ops are int8->int8 requantizes (the tanh a|b skip entering a
-decoder concatenation, see `qaie.quantize`); uint8 I/O adds one uint8->int8 QUANTIZE at the
-input and one int8->uint8 at the output. No DEQUANTIZE anywhere.
+With int8 I/O there is no QUANTIZE or DEQUANTIZE op at all; uint8 I/O adds one uint8->int8
+QUANTIZE at the input and one int8->uint8 QUANTIZE at the output of each signature.
 
 Beside every `FILE.tflite` a sidecar `FILE.tflite.json` records config, format, signatures,
 I/O quantization, versions and the source checkpoint. Both are written atomically.
@@ -20,6 +19,7 @@ I/O quantization, versions and the source checkpoint. Both are written atomicall
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import tempfile
 import time
@@ -86,10 +86,9 @@ def _strict_static_qdq() -> Iterator[None]:
     """Run the litert-torch (0.10) converter in strict static Q/DQ mode.
 
     Static: Q/DQ pairs become int8 kernels. Strict: the converter keeps exactly the
-    quantization we placed; in its default mode it drops the int8->int8 requantize of the
-    tanh skip in front of a concatenation and then fails the equal-scale rule of
-    CONCATENATION. litert-torch's v1 path does not expose the flag, so the config factory is
-    wrapped for the duration of one conversion.
+    quantization we placed (in its default mode it drops an int8->int8 requantize in front of
+    a concatenation, then fails CONCATENATION's equal-scale rule). litert-torch's v1 path does
+    not expose the flags, so its config factory is wrapped for the duration of one conversion.
     """
     from litert_torch._convert import litert_converter
 
@@ -200,7 +199,7 @@ def export_tflite(
     if fmt == "fp32":
         if not isinstance(source, EnhanceNet):
             raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
-        net, quant, config = source.eval(), None, source.config
+        net, quant, config = copy.deepcopy(source).eval(), None, source.config
         graphs = {signature_name(s): (_NhwcIo(net), s) for s in sizes}
         with torch.no_grad():
             model_bytes = _convert(graphs, int8=False)

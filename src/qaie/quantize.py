@@ -1,16 +1,28 @@
 """Integer-only INT8 quantization of EnhanceNet with torchao PT2E: one quantizer for PTQ and QAT.
 
 The rules live in ``RULES`` (aten op -> small annotator); every op of the network gets a
-quantized output, so the LiteRT converter can lower the whole graph to int8 kernels:
+quantized output, so the LiteRT converter lowers the whole graph to int8 kernels:
 
-- conv weights: per-channel symmetric int8 in [-127, 127] (scale = amax / 127, what TFLite
-  stores); bias left float so the converter makes the int32 bias (scale = s_in * s_w) itself;
-- activations: per-tensor asymmetric int8, moving-average min/max, torch's default eps;
-- the network input and output: fixed scale 1/255, zero point -128 (uint8 pixels map exactly);
-- tanh output: fixed 1/128, zero point 0 (what TFLite/XNNPACK require for int8 TANH);
-- max-pool, resize, concatenation: output shares its inputs' scale (TFLite int8 kernels
-  require equal input/output scales). A fixed-scale input of a concatenation (the tanh a|b
-  skip) cannot share: it gets its own edge observer, i.e. an int8->int8 requantize.
+- conv weights: per-channel symmetric int8 in [-127, 127], scale amax / 127 (what TFLite
+  stores); the bias becomes int32 at input scale * weight scale (the converter does it;
+  `convert` rounds the reference model's bias to the same grid);
+- activations: per-tensor asymmetric int8, moving-average min/max, torch's default eps
+  (float32 eps as the smallest scale, not 2^-12);
+- network input and output: fixed scale 1/255, zero point -128 (uint8 pixels map exactly);
+  the op before the final clamp(0, 1) already writes at that scale, which *is* the clamp;
+- max-pool, nearest resize, LeakyReLU, concatenation: output shares the input scale (all
+  inputs of a concatenation share one scale: TFLite's int8 CONCATENATION requires it);
+- tanh: an observed scale like any activation, shared through the concatenations it feeds.
+  TFLite's quantization spec asks for 1/128 (zero point 0), but the a|b skip is concatenated
+  with decoder features, so a fixed 1/128 forces an int8->int8 requantize before each
+  decoder concatenation; XNNPACK rounds that requantize differently from the simulation
+  (about 2% of values off by one) and the difference grows through the decoder. Without it
+  the LiteRT kernels (builtin and XNNPACK, whose int8 TANH is a lookup table for any output
+  scale) compute what the simulation computes;
+- LeakyReLU shares its input scale for the same reason: with a separate output scale XNNPACK
+  rounds about 13% of its outputs differently; shared, the identity half is exact;
+- rsqrt(var + eps): in QAT a var + eps that rounds to 0 is fake-quantized to half a step
+  (TFLite's RSQRT answers that input with its largest output, rsqrt(0) = inf would not).
 
 PTQ uses observers, QAT plain ``FakeQuantize`` (never the fused variant: it computes weight
 scales as amax/127.5 while the converter uses amax/127). Both graphs have the same observer
@@ -48,6 +60,7 @@ from torchao.quantization.pt2e.quantizer import (
     Quantizer,
     SharedQuantizationSpec,
 )
+from torchao.quantization.pt2e.utils import getattr_from_fqn
 from tqdm import tqdm
 
 from qaie.config import ModelConfig
@@ -55,26 +68,12 @@ from qaie.model import EnhanceNet
 
 QuantMode = Literal["qat", "ptq"]
 aten = torch.ops.aten
+_qd = torch.ops.quantized_decomposed
 
 # Fixed quantization of the network's input and output: q = round(255 * x) - 128, x in [0, 1].
 IO_SCALE = 1.0 / 255.0
 IO_ZERO_POINT = -128
-# TFLite's int8 TANH output (range [-1, 1)).
-TANH_SCALE = 1.0 / 128.0
-TANH_ZERO_POINT = 0
-
 _META_KEY = "qaie"  # GraphModule.meta entry holding {"config": ModelConfig, "mode": QuantMode}
-
-
-def _fixed(scale: float, zero_point: int) -> FixedQParamsQuantizationSpec:
-    return FixedQParamsQuantizationSpec(
-        dtype=torch.int8,
-        scale=scale,
-        zero_point=zero_point,
-        quant_min=-128,
-        quant_max=127,
-        qscheme=torch.per_tensor_affine,
-    )
 
 
 class RsqrtInputFakeQuantize(FakeQuantize):
@@ -101,7 +100,6 @@ class QuantSpecs:
     rsqrt_input: QuantizationSpec  # activation, never 0 in QAT (see RsqrtInputFakeQuantize)
     weight: QuantizationSpec
     io: FixedQParamsQuantizationSpec
-    tanh: FixedQParamsQuantizationSpec
 
     @classmethod
     def build(cls, qat: bool) -> QuantSpecs:
@@ -136,8 +134,15 @@ class QuantSpecs:
                 RsqrtInputFakeQuantize.with_args(observer=MovingAverageMinMaxObserver) if qat else act_obs
             ),
         )
-        io, tanh = _fixed(IO_SCALE, IO_ZERO_POINT), _fixed(TANH_SCALE, TANH_ZERO_POINT)
-        return cls(activation, rsqrt_input, weight, io, tanh)
+        io = FixedQParamsQuantizationSpec(
+            dtype=torch.int8,
+            scale=IO_SCALE,
+            zero_point=IO_ZERO_POINT,
+            quant_min=-128,
+            quant_max=127,
+            qscheme=torch.per_tensor_affine,
+        )
+        return cls(activation, rsqrt_input, weight, io)
 
 
 # --- annotators: one per kind of op ---------------------------------------------------------------
@@ -183,18 +188,15 @@ def _tensor_args(node: Node) -> list[Node]:
 
 
 def annotate_conv(node: Node, specs: QuantSpecs) -> None:
+    """Per-channel int8 weights; the bias stays float here, the converter makes it int32 (see
+    `convert` for how the reference model rounds it the same way)."""
     x, weight = node.args[0], node.args[1]
     _set(node, {x: _input_spec(x, specs), weight: specs.weight}, specs.activation)
 
 
 def annotate_elementwise(node: Node, specs: QuantSpecs) -> None:
-    """Own observed output scale (add, sub, mul, mean, rsqrt, LeakyReLU)."""
+    """Own observed output scale (add, sub, mul, mean, tanh)."""
     _set(node, {a: _input_spec(a, specs) for a in _tensor_args(node)}, specs.activation)
-
-
-def annotate_tanh(node: Node, specs: QuantSpecs) -> None:
-    x = node.args[0]
-    _set(node, {x: _input_spec(x, specs)}, specs.tanh)
 
 
 def annotate_rsqrt(node: Node, specs: QuantSpecs) -> None:
@@ -206,21 +208,17 @@ def annotate_rsqrt(node: Node, specs: QuantSpecs) -> None:
 
 
 def annotate_passthrough(node: Node, specs: QuantSpecs) -> None:
-    """Max-pool, nearest resize: output shares the input's quantization (no rescale)."""
+    """Max-pool, nearest resize, LeakyReLU: output shares the input's quantization."""
     x = node.args[0]
     _set(node, {x: _input_spec(x, specs)}, SharedQuantizationSpec(x))
 
 
 def annotate_cat(node: Node, specs: QuantSpecs) -> None:
-    """Inputs and output share one scale. A fixed-scale input (tanh) joins only when every input
-    is fixed; in a mixed concatenation it is requantized on its edge to the shared scale."""
-    inputs = _tensor_args(node)
-    free = [a for a in inputs if not isinstance(_root_spec(a), FixedQParamsQuantizationSpec)]
-    anchor = free[0] if free else inputs[0]
-    shared = SharedQuantizationSpec((anchor, node))
-    qmap = {a: shared if (a in free or not free) else SharedQuantizationSpec(node) for a in inputs}
-    qmap[anchor] = _input_spec(anchor, specs)
-    _set(node, qmap, shared)
+    """All inputs and the output share the first input's quantization. (An input quantized
+    differently, e.g. at a fixed scale, would get its own edge observer: a requantize.)"""
+    first, *rest = _tensor_args(node)
+    shared = SharedQuantizationSpec((first, node))
+    _set(node, {first: _input_spec(first, specs), **dict.fromkeys(rest, shared)}, shared)
 
 
 def annotate_output_clamp(node: Node, specs: QuantSpecs) -> None:
@@ -237,13 +235,13 @@ Annotator = Callable[[Node, QuantSpecs], None]
 # The rules: every compute op of EnhanceNet (torch.export training IR) and how it is quantized.
 RULES: dict[Callable, Annotator] = {
     aten.conv2d.default: annotate_conv,
-    aten.tanh.default: annotate_tanh,
+    aten.tanh.default: annotate_elementwise,
     aten.mul.Tensor: annotate_elementwise,
     aten.add.Tensor: annotate_elementwise,
     aten.sub.Tensor: annotate_elementwise,
     aten.mean.dim: annotate_elementwise,
     aten.rsqrt.default: annotate_rsqrt,
-    aten.leaky_relu.default: annotate_elementwise,
+    aten.leaky_relu.default: annotate_passthrough,
     aten.max_pool2d.default: annotate_passthrough,
     aten.upsample_nearest2d.vec: annotate_passthrough,
     aten.cat.default: annotate_cat,
@@ -307,14 +305,19 @@ MIN_SIZE = 16
 _MAX_SIZE = 1 << 14
 
 
-def _export(model: EnhanceNet, example: Tensor, dynamic: bool) -> GraphModule:
-    """torch.export training IR; with `dynamic`, batch, H and W are symbolic so one prepared
-    graph takes training crops and whole validation images alike."""
+def _export(model: EnhanceNet, example: Tensor, dynamic: bool, train: bool) -> GraphModule:
+    """torch.export training IR of a copy of `model` (the exported graph would otherwise share
+    the caller's parameters, and QAT would train them in place); with `dynamic`, batch, H and
+    W are symbolic so one prepared graph takes training crops and whole images alike."""
+    model = copy.deepcopy(model).train(train)
     shapes = None
     if dynamic:
         batch = Dim("batch", min=1, max=_MAX_SIZE)
         height, width = Dim("height", min=MIN_SIZE, max=_MAX_SIZE), Dim("width", min=MIN_SIZE, max=_MAX_SIZE)
         shapes = ({0: batch, 2: height, 3: width},)
+        # torch.export specializes dims of size 1 and sizes below the minimum: trace a (2, 3, h, w)
+        h, w = (max(d, MIN_SIZE) for d in example.shape[-2:])
+        example = example.new_zeros(2, example.shape[1], h, w)
     return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False).module()
 
 
@@ -326,13 +329,13 @@ def prepare_qat(model: EnhanceNet, example: Tensor, dynamic: bool = True) -> Gra
         example: a (B, 3, H, W) input; with `dynamic` only its rank and dtype matter.
         dynamic: accept any batch and H, W >= MIN_SIZE (False: only `example`'s shape).
     """
-    prepared = prepare_qat_pt2e(_export(model.train(), example, dynamic), QaieQuantizer(qat=True))
+    prepared = prepare_qat_pt2e(_export(model, example, dynamic, train=True), QaieQuantizer(qat=True))
     return _tag(prepared, model.config, "qat")
 
 
 def prepare_ptq(model: EnhanceNet, example: Tensor, dynamic: bool = True) -> GraphModule:
     """Observed graph of `model` for PTQ calibration (same rules and layout as `prepare_qat`)."""
-    prepared = prepare_pt2e(_export(model.eval(), example, dynamic), QaieQuantizer(qat=False))
+    prepared = prepare_pt2e(_export(model, example, dynamic, train=False), QaieQuantizer(qat=False))
     return _tag(prepared, model.config, "ptq")
 
 
@@ -370,6 +373,20 @@ def calibrate(prepared: GraphModule, batches: Iterable[Tensor]) -> None:
             prepared(batch)
 
 
+def calibration_batches(
+    spec: str, images: int = 128, crop: int = 100, batch_size: int = 16, seed: int = 0
+) -> list[Tensor]:
+    """PTQ calibration data: `images` training crops of the data `spec` (cycling through small
+    datasets with fresh random crops), as (B, 3, crop, crop) batches in [0, 1]."""
+    from qaie.data import make_dataset
+
+    dataset = make_dataset(spec, "train", crop=crop, seed=seed)
+    if len(dataset) < images:
+        dataset = make_dataset(spec, "train", crop=crop, seed=seed, repeats=-(-images // len(dataset)))
+    crops = [dataset[i][0] for i in range(images)]  # (3, crop, crop) inputs
+    return [torch.stack(crops[i : i + batch_size]) for i in range(0, images, batch_size)]
+
+
 def freeze_observers(prepared: GraphModule) -> None:
     """Stop updating scales (QAT after N steps, and before evaluating): fake-quant keeps
     using the current scale/zero point. No effect on PTQ observers (they only observe)."""
@@ -379,5 +396,27 @@ def freeze_observers(prepared: GraphModule) -> None:
 def convert(prepared: GraphModule) -> GraphModule:
     """The quantized reference model: int8 quantize/dequantize around every op, computed in
     float by PyTorch. This is what litert-torch converts, and what the fake-quant model
-    simulates. `prepared` is left untouched."""
-    return convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
+    simulates. `prepared` is left untouched.
+
+    Conv biases are rounded to the int32 grid (input scale * weight scale) the converter puts
+    them on, so the reference computes what the integer kernels compute (the converter
+    re-quantizes the rounded values to the same integers).
+    """
+    converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
+    with torch.no_grad():
+        for node in converted.graph.nodes:
+            if node.op == "call_function" and node.target == aten.conv2d.default and len(node.args) > 2:
+                _round_bias(converted, node)
+    return converted
+
+
+def _round_bias(converted: GraphModule, conv: Node) -> None:
+    dq_x, dq_w, bias = conv.args[:3]
+    assert dq_x.target == _qd.dequantize_per_tensor.default, dq_x.target
+    assert dq_w.target == _qd.dequantize_per_channel.default, dq_w.target
+    assert bias.op == "get_attr", bias.op
+    x_scale = float(dq_x.args[1])
+    w_scale = getattr_from_fqn(converted, dq_w.args[1].target)  # (C_out,)
+    b = getattr_from_fqn(converted, bias.target)
+    step = (x_scale * w_scale.double()).to(b.device)
+    b.copy_((torch.round(b.double() / step) * step).to(b.dtype))

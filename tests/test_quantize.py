@@ -1,0 +1,174 @@
+"""The quantizer: every op quantized, the scales TFLite needs, one layout for PTQ and QAT at any
+input size, and a quantized reference that the fake-quant model agrees with."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.fx import GraphModule
+from torchao.quantization.pt2e import FakeQuantize
+
+from qaie import quantize
+from qaie.config import ModelConfig
+from qaie.model import EnhanceNet
+from qaie.parity import compare
+
+aten = torch.ops.aten
+qd = torch.ops.quantized_decomposed
+
+
+def _quantizers_after(graph: GraphModule, node) -> list[torch.nn.Module]:
+    """The fake-quant modules reading `node`'s output."""
+    modules = (graph.get_submodule(u.target) for u in node.users if u.op == "call_module")
+    return [m for m in modules if isinstance(m, FakeQuantize)]
+
+
+def _output_quantizer(graph: GraphModule, node_name: str) -> torch.nn.Module:
+    """The one fake-quant module that reads `node_name`'s output."""
+    node = next(n for n in graph.graph.nodes if n.name == node_name)
+    (module,) = {id(m): m for m in _quantizers_after(graph, node)}.values()
+    return module
+
+
+def _nodes(graph: GraphModule, target) -> list:
+    return [n for n in graph.graph.nodes if n.op == "call_function" and n.target == target]
+
+
+@pytest.fixture(scope="module")
+def qat_graph() -> GraphModule:
+    torch.manual_seed(0)
+    graph = quantize.prepare_qat(EnhanceNet(ModelConfig(width=4)), torch.rand(2, 3, 32, 32))
+    graph(torch.rand(2, 3, 32, 32))  # observers see data once
+    return graph
+
+
+def test_every_op_is_quantized_in_the_reference(qat_graph: GraphModule) -> None:
+    """Each compute op reads dequantized int8 values and its output is quantized again:
+    nothing is left for the converter to run in float."""
+    ref = quantize.convert(qat_graph)
+    aten_ops = [
+        n for n in ref.graph.nodes if n.op == "call_function" and getattr(n.target, "namespace", "") == "aten"
+    ]
+    compute = [n for n in aten_ops if n.target in quantize.RULES]
+    assert {n.target for n in compute} == set(quantize.RULES)
+    # what is left only reshapes a constant (a norm weight's view) or reads a symbolic size
+    assert {n.target for n in aten_ops} - set(quantize.RULES) <= {aten.view.default, aten.sym_size.int}
+    for node in compute:
+        assert {u.target for u in node.users} == {qd.quantize_per_tensor.default}, node.name
+        for arg in node.all_input_nodes:
+            if arg.op == "call_function" and isinstance(arg.meta.get("val"), torch.Tensor):
+                assert arg.target in (qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default), (
+                    f"{node.name} reads {arg.name}"
+                )
+
+
+def test_fixed_and_shared_scales(qat_graph: GraphModule) -> None:
+    out = next(n for n in qat_graph.graph.nodes if n.op == "output").args[0][0]
+    x = next(n for n in qat_graph.graph.nodes if n.op == "placeholder")
+    io = [*_quantizers_after(qat_graph, x), qat_graph.get_submodule(out.target)]
+    for module in io:
+        assert math.isclose(float(module.scale), 1 / 255, rel_tol=1e-6)
+        assert int(module.zero_point) == -128
+
+    # pool, resize, LeakyReLU and concatenation outputs reuse their input's quantizer (one
+    # object), so TFLite sees equal scales and needs no requantize op.
+    for target in (aten.max_pool2d.default, aten.upsample_nearest2d.vec, aten.leaky_relu.default):
+        for node in _nodes(qat_graph, target):
+            src = node.args[0].args[0]  # the op before the input's fake-quant module
+            assert _output_quantizer(qat_graph, node.name) is _output_quantizer(qat_graph, src.name)
+    for node in _nodes(qat_graph, aten.cat.default):
+        mine = _output_quantizer(qat_graph, node.name)
+        for fq_call in node.args[0]:
+            assert qat_graph.get_submodule(fq_call.target) is mine, node.name
+
+
+def test_plain_fake_quantize_and_torch_eps(qat_graph: GraphModule) -> None:
+    modules = [m for m in qat_graph.modules() if isinstance(m, FakeQuantize)]
+    kinds = {type(m).__name__ for m in modules}
+    assert kinds == {"FakeQuantize", "RsqrtInputFakeQuantize", "FixedQParamsFakeQuantize"}  # never fused
+    for m in modules:
+        if type(m).__name__ != "FixedQParamsFakeQuantize":
+            assert float(m.activation_post_process.eps) == torch.finfo(torch.float32).eps
+
+
+def test_weight_scale_is_amax_over_127(qat_graph: GraphModule) -> None:
+    conv = _nodes(qat_graph, aten.conv2d.default)[0]
+    weight_fq = qat_graph.get_submodule(conv.args[1].target)
+    obs = weight_fq.activation_post_process
+    amax = torch.maximum(obs.min_val.abs(), obs.max_val.abs())
+    torch.testing.assert_close(weight_fq.scale, amax / 127, rtol=1e-6, atol=0)
+    assert torch.all(weight_fq.zero_point == 0)
+
+
+def test_fake_quant_model_matches_the_quantized_reference(qat_graph: GraphModule) -> None:
+    """The QAT graph (observers frozen) and the converted Q/DQ reference compute the same
+    8-bit images (the reference only rounds conv biases to the int32 grid)."""
+    graph = quantize.reprepare(qat_graph, torch.rand(2, 3, 32, 32))
+    quantize.freeze_observers(graph)
+    ref = quantize.convert(graph)
+    x = torch.rand(4, 3, 40, 24)
+    with torch.no_grad():
+        stats = compare(graph(x).numpy(), ref(x).numpy())
+    assert stats.psnr >= 50 and stats.max_abs_lsb <= 2, stats
+
+
+def test_reload_at_another_size_is_exact(qat_graph: GraphModule) -> None:
+    """A checkpoint is the config plus the state dict: prepared again at any size (here a
+    static 24x40 graph) it loads exactly and computes the same outputs."""
+    state = qat_graph.state_dict()
+    static = quantize.prepare_qat(EnhanceNet(ModelConfig(width=4)), torch.rand(1, 3, 24, 40), dynamic=False)
+    static.load_state_dict(state)
+    for key, value in static.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    dynamic = quantize.reprepare(qat_graph, torch.rand(2, 3, 32, 32))
+    for graph in (static, dynamic):
+        quantize.freeze_observers(graph)
+    x = torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        assert torch.equal(static(x), dynamic(x))
+
+
+def test_one_dynamic_graph_takes_any_batch_and_size() -> None:
+    graph = quantize.prepare_ptq(EnhanceNet(ModelConfig(width=4)), torch.rand(1, 3, 32, 32))
+    for shape in [(1, 3, 16, 16), (3, 3, 33, 45), (2, 3, 100, 64)]:
+        assert graph(torch.rand(shape)).shape == shape
+
+
+def test_ptq_and_qat_share_one_layout(qat_graph: GraphModule) -> None:
+    ptq = quantize.prepare_ptq(EnhanceNet(ModelConfig(width=4)), torch.rand(2, 3, 32, 32))
+    assert sorted(_quantizer_names(ptq)) == sorted(_quantizer_names(qat_graph))
+
+
+def _quantizer_names(graph: GraphModule) -> list[str]:
+    return [n.target for n in graph.graph.nodes if n.op == "call_module"]
+
+
+def test_zero_variance_gives_finite_outputs_and_gradients() -> None:
+    """A flat image makes every norm's variance 0: in QAT its fake-quant must not hand
+    rsqrt a 0 (inf, then NaN gradients)."""
+    torch.manual_seed(0)
+    graph = quantize.prepare_qat(EnhanceNet(ModelConfig(width=4)), torch.rand(2, 3, 32, 32))
+    graph(torch.rand(2, 3, 32, 32))  # real ranges first
+    y = graph(torch.full((2, 3, 32, 32), 0.5))
+    y.mean().backward()
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(p.grad).all() for p in graph.parameters() if p.grad is not None)
+
+
+def test_prepare_leaves_the_callers_model_alone() -> None:
+    model = EnhanceNet(ModelConfig(width=4)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    graph = quantize.prepare_qat(model, torch.rand(2, 3, 32, 32))
+    torch.optim.SGD(graph.parameters(), lr=1.0).zero_grad()
+    graph(torch.rand(2, 3, 32, 32)).mean().backward()
+    torch.optim.SGD(graph.parameters(), lr=1.0).step()
+    assert not model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_calibration_batches_cycle_small_datasets() -> None:
+    batches = quantize.calibration_batches("builtin", images=20, crop=32, batch_size=8)
+    assert [b.shape for b in batches] == [(8, 3, 32, 32), (8, 3, 32, 32), (4, 3, 32, 32)]
+    assert all(float(b.min()) >= 0 and float(b.max()) <= 1 for b in batches)
