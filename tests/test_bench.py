@@ -48,7 +48,7 @@ def test_bench_json_to_stdout_defaults_to_exported_sizes(tiny_tflite, capsys):
     ("args", "message"),
     [
         (["--size", "96"], None),  # valid: NxN
-        (["--size", "96x"], "size '96x': expected HxW"),
+        (["--size", "96x"], "--size '96x': expected HxW"),
         (["--threads", "1,0"], "--threads '1,0': expected positive integers"),
         (["--runs", "0"], "need runs >= 1"),
     ],

@@ -62,10 +62,10 @@ def test_another_width_than_the_flags_say(fp32: tuple[Path, EnhanceNet]) -> None
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda good: good[: len(good) // 2], "truncated or corrupt"),
-        (lambda good: b"", "truncated or corrupt"),
-        (lambda good: b"not a checkpoint at all\n" * 10, "truncated or corrupt"),
-        (lambda good: good[:100] + bytes(200) + good[300:], "truncated or corrupt"),
+        (lambda good: good[: len(good) // 2], "checkpoint is truncated"),
+        (lambda good: b"", "checkpoint file is empty"),
+        (lambda good: b"not a checkpoint at all\n" * 10, "not a checkpoint"),
+        (lambda good: good[:100] + bytes(200) + good[300:], "not a qaie checkpoint, or corrupt"),
     ],
     ids=["truncated", "empty", "text", "corrupt"],
 )

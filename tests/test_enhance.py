@@ -174,7 +174,7 @@ def test_batch_goes_on_past_bad_files(tmp_path, tiny_tflite, capsys):
         (["cat.jpg", "-o", "nodir/out.jpg"], "nodir/out.jpg: folder nodir does not exist"),
         (["cat.jpg", "cat.png", "-o", "nodir/out"], "nodir/out: folder nodir does not exist"),
         (["cat.jpg", "-o", "out.jpg", "--threads", "0"], "--threads '0': expected positive integers"),
-        (["cat.jpg", "-o", "out.jpg", "--tile", "7x7"], "size '7x7': expected HxW"),
+        (["cat.jpg", "-o", "out.jpg", "--tile", "7x7"], "--tile '7x7': expected HxW"),
         (["cat.jpg", "-o", "out.jpg", "--tile", "64x64"], "tile 64x64 is not an exported size"),
         (["cat.jpg", "-o", "out.jpg", "--quality", "0"], "quality must be in 1..100"),
         (["cat.jpg", "-o", "out.jpg", "--model", "cat.jpg"], "cat.jpg: unknown model type '.jpg'"),

@@ -32,22 +32,30 @@ def check_writable(path: Path, overwrite: bool = True) -> None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
 
-    The suffix is kept so writers that choose a format from the extension still work.
+    The suffix is kept so writers that choose a format from the extension still work. An
+    OSError while writing or renaming (disk full, a folder in the way) becomes a QaieError
+    naming `path`.
     """
     path = Path(path)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
     except OSError as err:
-        raise QaieError(f"{path}: cannot write ({err.strerror})") from err
+        raise QaieError(f"{path}: cannot write ({_why(err)})") from err
     os.close(fd)
     os.chmod(tmp_name, _new_file_mode())  # mkstemp makes it owner-only; outputs are ordinary files
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise QaieError(f"{path}: cannot write ({_why(err)})") from err
         raise
+
+
+def _why(err: OSError) -> str:
+    return err.strerror or " ".join(str(err).split()) or type(err).__name__
 
 
 def _new_file_mode() -> int:

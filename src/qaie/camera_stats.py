@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from qaie.degrade import CameraModel, blockiness, degrade
-from qaie.errors import QaieError
+from qaie.errors import QaieError, QaieWarning
 from qaie.imageio import list_images, read_rgb
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -160,7 +161,10 @@ def to_markdown(result: Comparison, command: str) -> str:
 
 
 def _read(path: Path) -> np.ndarray:
-    return read_rgb(path).pixels.astype(np.float32) / 255
+    image = read_rgb(path)
+    if image.note:  # e.g. a grayscale photo: its colour statistics mean little
+        warnings.warn(QaieWarning(f"{path}: {image.note}"), stacklevel=2)
+    return image.pixels.astype(np.float32) / 255
 
 
 def _flat_noise(luma: np.ndarray, block: int = 16) -> float:

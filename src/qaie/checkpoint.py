@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ FORMAT = 1
 QUANT_MODES = (None, "qat", "ptq")
 # Prepared graphs are size-dynamic (qaie.quantize): the example only has to be a valid input.
 EXAMPLE_SIZE = (64, 64)
+ZIP_MAGIC = b"PK\x03\x04"  # what every torch.save file starts with
 
 
 @dataclass
@@ -82,13 +85,21 @@ def save_model(
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict, checked to be a qaie checkpoint; QaieError naming the file if not."""
     path = Path(path)
+    if path.is_dir():
+        raise QaieError(f"{path}: is a folder, expected a checkpoint file")
     if not path.is_file():
         raise QaieError(f"{path}: checkpoint not found")
+    _check_archive(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for truncated / foreign files
+    except pickle.UnpicklingError as err:  # weights_only met a class it does not allow
+        raise QaieError(
+            f"{path}: not a qaie checkpoint, or corrupt (it holds Python objects, not only tensors and "
+            "plain data)"
+        ) from err
+    except Exception as err:  # torch raises many types for damaged archives
         reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise QaieError(f"{path}: not a readable checkpoint, truncated or corrupt ({reason})") from err
+        raise QaieError(f"{path}: checkpoint is corrupt ({reason})") from err
     if not isinstance(checkpoint, dict) or not {"model_config", "state_dict"} <= checkpoint.keys():
         raise QaieError(
             f"{path}: not a qaie checkpoint (no model_config/state_dict); train one with qaie train"
@@ -100,6 +111,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: unknown quant mode {checkpoint.get('quant')!r}; expected one of {QUANT_MODES}"
         )
     return checkpoint
+
+
+def _check_archive(path: Path) -> None:
+    """torch.save writes a zip archive: tell a foreign file from a truncated checkpoint before
+    torch.load does (its messages for both are long and cryptic)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+        whole = zipfile.is_zipfile(path)  # finds the archive's end record
+    except OSError as err:
+        raise QaieError(f"{path}: cannot read checkpoint ({err.strerror})") from err
+    if not head:
+        raise QaieError(f"{path}: checkpoint file is empty (0 bytes)")
+    if head != ZIP_MAGIC:
+        raise QaieError(
+            f"{path}: not a checkpoint (not a torch.save zip archive); pass a .ckpt written by qaie"
+        )
+    if not whole:
+        raise QaieError(f"{path}: checkpoint is truncated (its zip archive has no end); use a complete copy")
 
 
 def checkpoint_config(

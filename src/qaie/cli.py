@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 
-from qaie.errors import QaieError
+from qaie.errors import QaieError, QaieWarning
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -145,7 +147,7 @@ def _run_enhance(args: argparse.Namespace) -> int:
     from qaie.enhance import enhance_files, open_model, plan_jobs
     from qaie.runtime import parse_counts, parse_size
 
-    tile = parse_size(args.tile) if args.tile else None
+    tile = parse_size(args.tile, "--tile") if args.tile else None
     threads = parse_counts(args.threads, "--threads")[0] if args.threads else None
     model = open_model(args.model, threads, tile)
     jobs = plan_jobs(args.inputs, args.out, fmt=args.format, overwrite=args.overwrite)
@@ -198,7 +200,7 @@ def _run_bench(args: argparse.Namespace) -> None:
     from qaie.bench import bench, format_table
     from qaie.runtime import parse_counts, parse_sizes
 
-    sizes = parse_sizes(args.size) if args.size else None
+    sizes = parse_sizes(args.size, "--size") if args.size else None
     to_file = args.json not in (None, "-")
     if to_file:
         check_writable(pathlib.Path(args.json), args.overwrite)
@@ -348,14 +350,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from qaie.atomic import check_writable
     from qaie.checkpoint import load_model
-    from qaie.export import export_tflite
+    from qaie.export import check_output, export_tflite
     from qaie.runtime import parse_sizes
 
     out = Path(args.out)
-    check_writable(out, args.overwrite)
-    sizes = parse_sizes(args.size)
+    check_output(out, args.overwrite)
+    sizes = parse_sizes(args.size, "--size")
     loaded = load_model(args.checkpoint)
     calibration = None
     if args.format == "int8" and loaded.quant is None:
@@ -465,19 +466,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. QaieError (bad input) -> one line on stderr, exit 2; any other exception
+    is a bug in qaie and keeps its traceback (exit 1). docs/reliability.md has the contract."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        code = args.handler(args)
-    except QaieError as err:
-        if args.debug:
-            raise
-        print(f"qaie {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"qaie {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        _route_warnings(args.command, args.debug)
+        try:
+            code = args.handler(args)
+        except QaieError as err:
+            if args.debug:
+                raise
+            print(f"qaie {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"qaie {args.command}: interrupted", file=sys.stderr)
+            return 130
     return int(code or 0)
+
+
+def _route_warnings(command: str, debug: bool) -> None:
+    """Each QaieWarning becomes one `qaie CMD: warning: ...` line (above any progress bar).
+    Unless --debug, library noise a user cannot act on is hidden: torchao's log line for each
+    CUDA kernel library it cannot load on a CPU, torch's about torchao's enum registration, and
+    torchao's LeafSpec deprecation warning."""
+    show = warnings.showwarning
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, QaieWarning):
+            from tqdm import tqdm
+
+            tqdm.write(f"qaie {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_warning
+    warnings.simplefilter("always", QaieWarning)
+    if not debug:
+        for name in ("torchao", "torch.utils._pytree"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 
 from qaie.degrade import CameraModel, Frame, degrade, psf_radius
-from qaie.errors import QaieError
-from qaie.imageio import MIN_SIZE, image_size, list_images, read_rgb
+from qaie.errors import QaieError, QaieWarning
+from qaie.imageio import MIN_SIZE, image_size, list_images, read_header, read_rgb
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -149,8 +150,9 @@ def make_dataset(
         raise QaieError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if crop is not None and crop < MIN_SIZE:
         raise QaieError(f"crop must be at least {MIN_SIZE} pixels (the network's minimum size), got {crop}")
-    if seed < 0 or repeats < 1 or (limit is not None and limit < 1):
-        raise QaieError(f"seed must be >= 0, repeats and limit >= 1; got {seed}, {repeats}, {limit}")
+    for name, value, least in (("seed", seed, 0), ("repeats", repeats, 1), ("limit", limit, 1)):
+        if value is not None and value < least:
+            raise QaieError(f"{name} must be at least {least}, got {value}")
 
     if spec.kind == "builtin":
         samples = _builtin_samples(split)
@@ -165,7 +167,14 @@ def make_dataset(
         raise QaieError(f"{spec}: the {split} split is empty; see docs/data.md for the layout and splits")
 
     # DPED's 160k patches are checked as they load (and never cached); others here, from headers.
-    cache = spec.kind != "dped" and _check_headers(samples, crop) <= CACHE_BYTES
+    cache = False
+    if spec.kind != "dped":
+        decoded, converted = _check_headers(samples, crop)
+        cache = decoded <= CACHE_BYTES
+        if converted:  # one line for the whole split, however many files
+            (path, note), more = converted[0], len(converted) - 1
+            also = f"; {more} more {split} images are converted on reading too" if more else ""
+            warnings.warn(QaieWarning(f"{path}: {note}{also}"), stacklevel=2)
     return PairDataset(samples, split, crop, seed, repeats, camera or CameraModel(), cache)
 
 
@@ -388,16 +397,24 @@ def _hash_split(folder: Path, stems: list[str], val_percent: int, test_percent: 
     return dict(zip(order, splits, strict=True))
 
 
-def _check_headers(samples: list[Sample], crop: int | None) -> int:
-    """Check sizes from image headers (readable, partners alike, crop fits); return decoded bytes."""
-    total = 0
+def _check_headers(samples: list[Sample], crop: int | None) -> tuple[int, list[tuple[Path, str]]]:
+    """Check sizes from image headers (readable, partners alike, crop fits).
+
+    Returns the decoded bytes and the files `read_rgb` will convert, with what it converts.
+    """
+    total, converted = 0, []
     for sample in samples:
-        w, h = image_size(sample.target)
+        target = read_header(sample.target)
+        w, h = target.width, target.height
+        headers = [(sample.target, target)]
         if sample.input is not None:
-            _check_same_size(sample.input, image_size(sample.input), sample.target, (w, h))
+            phone = read_header(sample.input)
+            _check_same_size(sample.input, (phone.width, phone.height), sample.target, (w, h))
+            headers.append((sample.input, phone))
         _check_fits(sample.target, sample.region or Region(0, 0, h, w), crop)
-        total += h * w * 3 * (1 if sample.input is None else 2)
-    return total
+        total += h * w * 3 * len(headers)
+        converted += [(path, header.note) for path, header in headers if header.note]
+    return total, converted
 
 
 def _check_same_size(

@@ -1,4 +1,4 @@
-"""The user-facing error type: the CLI prints its message on one line and exits with 2."""
+"""User-facing errors and warnings: the CLI prints each as one line; an error exits with 2."""
 
 
 class QaieError(Exception):
@@ -6,3 +6,8 @@ class QaieError(Exception):
 
     The message names the bad value and, where there is one, the fix.
     """
+
+
+class QaieWarning(UserWarning):
+    """Something the user should know that does not stop the work, e.g. an image converted on
+    reading; the CLI prints it as one `warning:` line."""

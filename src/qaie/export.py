@@ -163,6 +163,15 @@ def _int8_graphs(
     return graphs, mode, config
 
 
+def check_output(out: Path, overwrite: bool = True) -> None:
+    """Fail before any work if `out` or its sidecar cannot be written (or exist, unless
+    `overwrite`), or `out` does not end in .tflite (`qaie enhance` tells models by it)."""
+    if out.suffix != ".tflite":
+        raise QaieError(f"{out}: an exported model's name must end in .tflite")
+    check_writable(out, overwrite)
+    check_writable(sidecar_path(out), overwrite)
+
+
 def export_tflite(
     source: EnhanceNet | GraphModule,
     fmt: Format,
@@ -186,6 +195,7 @@ def export_tflite(
         source_checkpoint: recorded in the sidecar.
     """
     out = Path(out)
+    check_output(out)
     sizes = list(dict.fromkeys(tuple(s) for s in sizes))
     if not sizes:
         raise QaieError("no export size given; pass --size HxW[,HxW...]")
@@ -193,7 +203,6 @@ def export_tflite(
         raise QaieError(f"format {fmt!r}: expected fp32 or int8")
     if uint8_io and fmt != "int8":
         raise QaieError("--uint8-io applies to INT8 exports only")
-    check_writable(out)
     start = time.perf_counter()
 
     if fmt == "fp32":

@@ -66,12 +66,8 @@ def read_rgb(path: str | os.PathLike, min_size: int = MIN_SIZE, max_pixels: int 
     """
     path = Path(path)
     with _opened(path, max_pixels) as im:
-        notes = []
         try:
-            if getattr(im, "is_animated", False) and im.format != "MPO":  # MPO: photo + previews
-                notes.append("multi-frame file: first frame used")
-            if im.mode in ("RGB", "RGBA") and any(";16" in _rawmode(tile) for tile in im.tile):
-                notes.append("16-bit per channel: reduced to 8 bits")
+            notes = _format_notes(im)
             im.load()
             orientation = _orientation(im)
             if orientation in range(2, 9):
@@ -93,17 +89,40 @@ def read_rgb(path: str | os.PathLike, min_size: int = MIN_SIZE, max_pixels: int 
     return RGBImage(np.require(pixels, np.uint8, ["C", "W"]), "; ".join(notes) or None)
 
 
-def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) as `read_rgb` will return it, from the header only (no pixel decoding).
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a photo's header tells, without decoding its pixels.
 
-    Cheap enough to check thousands of pairs before training starts.
+    Args:
+        width, height: as `read_rgb` will return them (EXIF rotation applied).
+        note: what `read_rgb` will convert (e.g. "mode L: converted to 8-bit RGB"); None for
+            plain 8-bit RGB.
     """
+
+    width: int
+    height: int
+    note: str | None = None
+
+
+def read_header(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> ImageHeader:
+    """Size and conversions from the header only: cheap enough to check thousands of pairs
+    before training starts (a corrupt body is only found by `read_rgb`)."""
     path = Path(path)
     with _opened(path, max_pixels) as im:
-        w, h = im.size
-        if _orientation(im) in _ROTATING_ORIENTATIONS:
-            w, h = h, w
-    return w, h
+        (w, h), orientation, notes = im.size, _orientation(im), _format_notes(im)
+        if im.mode != "RGB":
+            notes.append(f"mode {im.mode}: converted to 8-bit RGB")
+    if orientation in range(2, 9):
+        notes.append(f"EXIF orientation {orientation} applied")
+    if orientation in _ROTATING_ORIENTATIONS:
+        w, h = h, w
+    return ImageHeader(w, h, "; ".join(notes) or None)
+
+
+def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as `read_rgb` will return it, from the header only (no pixel decoding)."""
+    header = read_header(path, max_pixels)
+    return header.width, header.height
 
 
 def write_image(path: str | os.PathLike, pixels: np.ndarray, quality: int = 95) -> None:
@@ -120,11 +139,8 @@ def write_image(path: str | os.PathLike, pixels: np.ndarray, quality: int = 95) 
         raise QaieError(f"JPEG/WebP quality must be in 1..100, got {quality}")
     assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3, pixels.shape
     options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    try:
-        with atomic_path(path) as tmp:
-            Image.fromarray(pixels, "RGB").save(tmp, format=fmt, **options)
-    except OSError as err:
-        raise QaieError(f"{path}: cannot write ({_why(err)})") from err
+    with atomic_path(path) as tmp:  # an OSError becomes a QaieError naming `path`
+        Image.fromarray(pixels, "RGB").save(tmp, format=fmt, **options)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -174,6 +190,16 @@ def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
                 "limit; downscale it first"
             )
         yield im
+
+
+def _format_notes(im: Image.Image) -> list[str]:
+    """Conversions the file format forces, known from the header: extra frames, 16-bit RGB."""
+    notes = []
+    if getattr(im, "is_animated", False) and im.format != "MPO":  # MPO: photo + previews
+        notes.append("multi-frame file: first frame used")
+    if im.mode in ("RGB", "RGBA") and any(";16" in _rawmode(tile) for tile in im.tile):
+        notes.append("16-bit per channel: reduced to 8 bits")
+    return notes
 
 
 def _to_rgb8(path: Path, im: Image.Image) -> tuple[np.ndarray, str | None]:

@@ -64,6 +64,7 @@ from torchao.quantization.pt2e.utils import getattr_from_fqn
 from tqdm import tqdm
 
 from qaie.config import ModelConfig
+from qaie.errors import QaieError
 from qaie.model import EnhanceNet
 
 QuantMode = Literal["qat", "ptq"]
@@ -380,6 +381,8 @@ def calibration_batches(
     datasets with fresh random crops), as (B, 3, crop, crop) batches in [0, 1]."""
     from qaie.data import make_dataset
 
+    if images < 1:
+        raise QaieError(f"--calibrate-images must be at least 1, got {images}")
     dataset = make_dataset(spec, "train", crop=crop, seed=seed)
     if len(dataset) < images:
         dataset = make_dataset(spec, "train", crop=crop, seed=seed, repeats=-(-images // len(dataset)))

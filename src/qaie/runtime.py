@@ -29,21 +29,22 @@ ALIGN = 8
 DEFAULT_OVERLAP = 32
 
 
-def parse_size(text: str) -> Size:
-    """'HxW' (or 'N' for NxN) -> (H, W); the form every `--size`/`--tile` flag takes."""
+def parse_size(text: str, what: str = "size") -> Size:
+    """'HxW' (or 'N' for NxN) -> (H, W); the form every `--size`/`--tile` flag takes.
+    `what` names the flag in the error."""
     parts = text.strip().lower().split("x")
     try:
         h, w = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
     except ValueError:  # not integers, or more than two parts
         h = w = 0
     if min(h, w) < MIN_SIZE:
-        raise QaieError(f"size {text!r}: expected HxW with both sides at least {MIN_SIZE} (e.g. 256x256)")
+        raise QaieError(f"{what} {text!r}: expected HxW with both sides at least {MIN_SIZE} (e.g. 256x256)")
     return h, w
 
 
-def parse_sizes(text: str) -> list[Size]:
+def parse_sizes(text: str, what: str = "size") -> list[Size]:
     """'HxW[,HxW...]' -> [(H, W), ...]."""
-    return [parse_size(part) for part in text.split(",")]
+    return [parse_size(part, what) for part in text.split(",")]
 
 
 def parse_counts(text: str, what: str) -> list[int]:
@@ -237,6 +238,11 @@ def plan_tiles(image: Size, tile: Size, overlap: int | None = None) -> TilePlan:
     ph, pw = _padded_length(h, th), _padded_length(w, tw)
     if (ph, pw) != (th, tw):
         max_overlap = min(th, tw) - 3 * ALIGN  # keeps tile starts distinct on the ALIGN grid
+        if max_overlap < 0:
+            raise QaieError(
+                f"tile {format_size(tile)} is too small to tile a {w}x{h} image; "
+                f"tiles need both sides at least {3 * ALIGN}"
+            )
         overlap = min(DEFAULT_OVERLAP, max_overlap) if overlap is None else overlap
         if not 0 <= overlap <= max_overlap:
             raise QaieError(

@@ -93,15 +93,25 @@ class OpTable:
 def inspect_tflite(path: Path) -> OpTable:
     """Op table of every subgraph in `path`, plus each signature's inputs and outputs."""
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils as fb
 
     path = Path(path)
     try:
-        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        data = path.read_bytes()
     except OSError as err:
         raise QaieError(f"{path}: cannot read ({err.strerror}); give an existing .tflite file") from err
-    except Exception as err:  # flatbuffers raises plain errors on garbage
-        raise QaieError(f"{path}: not a TFLite flatbuffer ({err}); give a .tflite file") from err
+    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise QaieError(f"{path}: not a TFLite model (no TFL3 identifier); give a .tflite file")
+    try:
+        return _op_table(schema.Model.GetRootAs(data, 0))
+    except Exception as err:  # flatbuffers follows offsets unchecked: a damaged file fails anywhere
+        raise QaieError(
+            f"{path}: truncated or corrupt TFLite model (its flatbuffer does not parse); export it again"
+        ) from err
+
+
+def _op_table(model) -> OpTable:  # model: schema.Model
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fb
 
     type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}

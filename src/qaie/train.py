@@ -48,6 +48,7 @@ from qaie import checkpoint
 from qaie.atomic import atomic_path, write_text_atomic
 from qaie.config import ModelConfig, from_dict, to_dict
 from qaie.errors import QaieError
+from qaie.imageio import MIN_SIZE
 from qaie.losses import LOSSES, MSSSIM_MIN_SIZE, make_loss
 from qaie.metrics import psnr, ssim
 from qaie.model import EnhanceNet
@@ -116,8 +117,20 @@ class TrainConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:
                 raise QaieError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if not self.lr > 0 or self.warmup_epochs < 0 or self.num_workers < 0 or self.seed < 0:
-            raise QaieError("--lr must be > 0; --warmup-epochs, --num-workers and --seed must be >= 0")
+        if not self.lr > 0:
+            raise QaieError(f"--lr must be > 0, got {self.lr!r}")
+        for name, value in (("warmup_epochs", self.warmup_epochs), ("num_workers", self.num_workers)):
+            if value < 0:
+                raise QaieError(f"--{name.replace('_', '-')} must be >= 0, got {value!r}")
+        if self.seed < 0:
+            raise QaieError(f"--seed must be >= 0, got {self.seed!r}")
+        for flag, crop in (("--crop", self.crop), ("--val-crop", self.val_crop)):
+            if crop is not None and crop < MIN_SIZE:
+                raise QaieError(
+                    f"{flag} must be at least {MIN_SIZE} (the network's minimum size), got {crop}"
+                )
+        if self.val_limit is not None and self.val_limit < 1:
+            raise QaieError(f"--val-limit must be at least 1, got {self.val_limit}")
         if self.loss not in LOSSES:
             raise QaieError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         if self.loss == "msssim" and self.crop < MSSSIM_MIN_SIZE:
@@ -562,6 +575,11 @@ def train(
             if not trainer.interrupted:
                 raise
             interrupted = True
+        except QaieError as err:  # e.g. a corrupt image met while training
+            short = _one_line(err)
+            if short is err:
+                raise
+            raise short from err
         finally:
             signal.signal(signal.SIGINT, previous_sigint)
     # Read back what last.ckpt holds: with ddp_spawn the training ran in other processes.
@@ -569,6 +587,15 @@ def train(
     done = int(history[-1]["epoch"]) if history else 0
     wall_s = time.perf_counter() - started
     return TrainResult(run_dir, done, history, trainer.global_rank, interrupted, wall_s=wall_s)
+
+
+def _one_line(err: QaieError) -> QaieError:
+    """The error as its one-line message. torch re-raises an error from a DataLoader worker
+    with the worker's traceback as the message; its last line is the original message."""
+    lines = str(err).strip().splitlines()
+    if len(lines) < 2:
+        return err
+    return QaieError(lines[-1].removeprefix(f"{QaieError.__module__}.{QaieError.__qualname__}: "))
 
 
 def _saved_history(ckpt: dict[str, Any]) -> list[dict[str, float]]:
