@@ -97,7 +97,7 @@ def quant_models(tmp_path_factory: pytest.TempPathFactory):  # -> QuantModels (t
     """A width-4 network trained briefly on builtin crops (a random network is chaotic: its
     output changes by tens of LSB for half-LSB input noise, unlike a trained one), then
     PTQ-calibrated and QAT fine-tuned; the three checkpoints and their `.tflite` exports at
-    QUANT_SIZES (INT8 with int8 I/O; QAT also with uint8 I/O at the first size).
+    QUANT_SIZES (INT8 with int8 I/O; FP32 at the first size only).
     """
     from dataclasses import dataclass
 
@@ -117,7 +117,7 @@ def quant_models(tmp_path_factory: pytest.TempPathFactory):  # -> QuantModels (t
         qat: torch.fx.GraphModule
         crops: torch.Tensor  # (N, 3, 32, 32) training inputs
         ckpt: dict[str, Path]  # fp32 / ptq / qat
-        tflite: dict[str, Path]  # fp32 / ptq / qat / qat_uint8
+        tflite: dict[str, Path]  # fp32 / ptq / qat
 
     torch.manual_seed(0)
     data = make_dataset("builtin", "train", crop=32, repeats=16)
@@ -151,9 +151,8 @@ def quant_models(tmp_path_factory: pytest.TempPathFactory):  # -> QuantModels (t
     save_model(ckpt["fp32"], fp32, config)
     save_model(ckpt["ptq"], ptq, config, "ptq")
     save_model(ckpt["qat"], qat, config, "qat")
-    tflite = {name: out / f"{name}.tflite" for name in ("fp32", "ptq", "qat", "qat_uint8")}
-    export_tflite(fp32, "fp32", QUANT_SIZES, tflite["fp32"], source_checkpoint=str(ckpt["fp32"]))
+    tflite = {name: out / f"{name}.tflite" for name in ("fp32", "ptq", "qat")}
+    export_tflite(fp32, "fp32", QUANT_SIZES[:1], tflite["fp32"], source_checkpoint=str(ckpt["fp32"]))
     export_tflite(ptq, "int8", QUANT_SIZES, tflite["ptq"], source_checkpoint=str(ckpt["ptq"]))
     export_tflite(qat, "int8", QUANT_SIZES, tflite["qat"], source_checkpoint=str(ckpt["qat"]))
-    export_tflite(qat, "int8", QUANT_SIZES[:1], tflite["qat_uint8"], uint8_io=True)
     return QuantModels(fp32, ptq, qat, x, ckpt, tflite)

@@ -45,6 +45,19 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> ParityStats:
     return ParityStats(psnr, float(diff.mean()), int(diff.max()), diff.size)
 
 
+def fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w, 3) -> (height, width, 3): centre crop where larger, mirror padding where smaller."""
+    pads = []
+    for axis, size in enumerate((height, width)):
+        extra = image.shape[axis] - size
+        if extra >= 0:
+            image = image.take(range(extra // 2, extra // 2 + size), axis=axis)
+            pads.append((0, 0))
+        else:
+            pads.append((-extra // 2, -extra - (-extra // 2)))
+    return np.pad(image, [*pads, (0, 0)], mode="symmetric")
+
+
 @dataclass(frozen=True)
 class ParityReport:
     """`qaie parity`: the quantized PyTorch model vs the LiteRT artifact on the same images."""
@@ -72,8 +85,9 @@ class ParityReport:
 def run_parity(
     checkpoint: Path, tflite: Path, data: str, *, limit: int | None = None, seed: int = 0
 ) -> ParityReport:
-    """Run the checkpoint's model and the `.tflite` on the same validation crops at every
-    size the file exports; the checkpoint is QAT/PTQ for an INT8 file, FP32 for an FP32 one.
+    """Run the checkpoint's model and the `.tflite` on the same validation images at every
+    size the file exports (each image centre-cropped or mirror-padded to the size); the
+    checkpoint is QAT/PTQ for an INT8 file, FP32 for an FP32 one.
 
     PyTorch side: for QAT/PTQ checkpoints the quantized reference (`qaie.quantize.convert`
     of the prepared graph, which is also the frozen fake-quant model's function); for FP32
@@ -96,13 +110,13 @@ def run_parity(
     net = quantize.convert(loaded.net) if loaded.quant else loaded.net.eval()
     reference = f"quantize.convert ({loaded.quant} graph)" if loaded.quant else "FP32 EnhanceNet"
 
+    dataset = make_dataset(data, "val", crop=None, seed=seed, limit=limit)  # whole images
+    images = [dataset[i][0].permute(1, 2, 0).numpy() for i in range(len(dataset))]  # (h, w, 3)
     per_size, refs, acts = {}, [], []
     for h, w in model.sizes:
-        dataset = make_dataset(data, "val", crop=max(h, w), seed=seed, limit=limit)
         size_refs, size_acts = [], []
-        for i in tqdm(range(len(dataset)), desc=f"parity {h}x{w}", leave=False):
-            crop = dataset[i][0][:, :h, :w]  # (3, h, w) input image in [0, 1]
-            pixels = to_uint8(crop.permute(1, 2, 0).numpy())  # (h, w, 3): what both sides see
+        for image in tqdm(images, desc=f"parity {h}x{w}", leave=False):
+            pixels = to_uint8(fit(image, h, w))  # (h, w, 3): what both sides see
             with torch.no_grad():
                 x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
                 size_refs.append(to_uint8(net(x)[0].permute(1, 2, 0).numpy()).ravel())
@@ -111,4 +125,4 @@ def run_parity(
         refs += size_refs
         acts += size_acts
     overall = compare(np.concatenate(refs), np.concatenate(acts))
-    return ParityReport(str(checkpoint), str(tflite), reference, len(dataset), overall, per_size)
+    return ParityReport(str(checkpoint), str(tflite), reference, len(images), overall, per_size)

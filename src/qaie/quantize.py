@@ -261,8 +261,18 @@ class QaieQuantizer(Quantizer):
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
         """Python scalars in add/sub/mul (the norm's eps) become tensor constants so they can
-        be quantized like any other input."""
+        be quantized like any other input; LeakyReLU slopes become what XNNPACK computes.
+
+        XNNPACK's int8 LeakyReLU multiplies by the slope in 8-bit fixed point (0.2 becomes
+        51/256) and rounds half up. With the slope 51/256 in the graph its results are the
+        simulation's, but for the one tie (an input 128 steps below the zero point, -25.5
+        steps out) that torch rounds to even: a slope 2^-20 smaller rounds it up too, and
+        still becomes 51/256 in XNNPACK.
+        """
         for node in list(model.graph.nodes):
+            if node.op == "call_function" and node.target == aten.leaky_relu.default:
+                x, slope = node.args
+                node.args = (x, round(slope * 256) / 256 - 2**-20)
             if node.op != "call_function" or node.target not in (
                 aten.add.Tensor,
                 aten.sub.Tensor,
