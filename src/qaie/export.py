@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -133,13 +135,28 @@ def _integer_io(model_bytes: bytes, dtype: str) -> bytes:
     return bytes(fb.convert_object_to_bytearray(model))
 
 
+@contextlib.contextmanager
+def _litert_progress(show: bool) -> Iterator[None]:
+    """litert-torch prints a line per conversion stage: only to an interactive terminal."""
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    before = os.environ.get(key)
+    os.environ[key] = "y" if show else "n"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+
+
 def _convert(signatures: dict[str, tuple[nn.Module, Size]], int8: bool) -> bytes:
     import litert_torch
 
     converter = litert_torch.Converter()
     for name, (module, (h, w)) in signatures.items():
         converter.signature(name, module, sample_kwargs={INPUT_NAME: torch.rand(1, h, w, 3)})
-    with _strict_static_qdq() if int8 else contextlib.nullcontext():
+    with _litert_progress(sys.stderr.isatty()), _strict_static_qdq() if int8 else contextlib.nullcontext():
         return converter.convert().model_content()
 
 

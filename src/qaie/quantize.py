@@ -19,8 +19,9 @@ quantized output, so the LiteRT converter lowers the whole graph to int8 kernels
   (about 2% of values off by one) and the difference grows through the decoder. Without it
   the LiteRT kernels (builtin and XNNPACK, whose int8 TANH is a lookup table for any output
   scale) compute what the simulation computes;
-- LeakyReLU shares its input scale for the same reason: with a separate output scale XNNPACK
-  rounds about 13% of its outputs differently; shared, the identity half is exact;
+- LeakyReLU shares its input scale for the same reason (with its own output scale XNNPACK
+  rounds about 13% of its outputs differently), and its slope becomes the 8-bit fixed-point
+  value XNNPACK multiplies by (0.2 -> 51/256): then both halves are exact;
 - rsqrt(var + eps): in QAT a var + eps that rounds to 0 is fake-quantized to half a step
   (TFLite's RSQRT answers that input with its largest output, rsqrt(0) = inf would not).
 
