@@ -72,6 +72,13 @@ def test_fixed_and_shared_scales(qat_graph: GraphModule) -> None:
         assert math.isclose(float(module.scale), 1 / 255, rel_tol=1e-6)
         assert int(module.zero_point) == -128
 
+    # tanh writes at TFLite's fixed 1/128, zero point 0 (and the a|b skip concatenation keeps it)
+    tanhs = _nodes(qat_graph, aten.tanh.default)
+    assert tanhs
+    for node in tanhs:
+        module = _output_quantizer(qat_graph, node.name)
+        assert float(module.scale) == 1 / 128 and int(module.zero_point) == 0, node.name
+
     # pool, resize, LeakyReLU and concatenation outputs reuse their input's quantizer (one
     # object), so TFLite sees equal scales and needs no requantize op.
     for target in (aten.max_pool2d.default, aten.upsample_nearest2d.vec, aten.leaky_relu.default):

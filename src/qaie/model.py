@@ -103,18 +103,26 @@ class Upsample(nn.Module):
 
 
 class FusionDecoder(nn.Module):
-    """Upsample the coarser scale, concatenate with refined features and the a|b skip,
-    reduce channels with a 1x1 conv, refine."""
+    """Upsample the coarser scale, fuse it with the refined features and the a|b skip through
+    a 1x1 conv over the three, refine.
+
+    The 1x1 conv over concat(up, refined, skip) is written as a conv over concat(up, refined)
+    plus a bias-free conv over the skip: the same function and parameter count, but the tanh
+    skip never shares a concatenation with decoder features. Quantized, the skip then keeps
+    the fixed 1/128 scale TFLite's tanh writes, and the features keep their own scale, with
+    no requantize between them.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, relu_slope: float, full: bool) -> None:
         super().__init__()
         self.up = Upsample(in_ch, out_ch)
-        self.reduce = nn.Conv2d(4 * out_ch, out_ch, 1)  # up (c) + refined (c) + skip a|b (2c)
+        self.reduce = nn.Conv2d(2 * out_ch, out_ch, 1)  # up (c) + refined (c)
+        self.reduce_skip = nn.Conv2d(2 * out_ch, out_ch, 1, bias=False)  # skip a|b (2c)
         self.refine = refiner(out_ch, out_ch, relu_slope, full)
 
     def forward(self, coarse: torch.Tensor, refined: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        fused = torch.cat([self.up(coarse, refined), refined, skip], dim=1)
-        return self.refine(self.reduce(fused))
+        features = torch.cat([self.up(coarse, refined), refined], dim=1)
+        return self.refine(self.reduce(features) + self.reduce_skip(skip))
 
 
 class EnhanceNet(nn.Module):
@@ -141,7 +149,8 @@ class EnhanceNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity="leaky_relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate2, skip2 = self.enc2(x)  # (B, c, H/2, W/2), (B, 2c, H/2, W/2)

@@ -12,14 +12,11 @@ quantized output, so the LiteRT converter lowers the whole graph to int8 kernels
   the op before the final clamp(0, 1) already writes at that scale, which *is* the clamp;
 - max-pool, nearest resize, LeakyReLU, concatenation: output shares the input scale (all
   inputs of a concatenation share one scale: TFLite's int8 CONCATENATION requires it);
-- tanh: an observed scale like any activation, shared through the concatenations it feeds.
-  TFLite's quantization spec asks for 1/128 (zero point 0), but the a|b skip is concatenated
-  with decoder features, so a fixed 1/128 forces an int8->int8 requantize before each
-  decoder concatenation; XNNPACK rounds that requantize differently from the simulation
-  (about 2% of values off by one) and the difference grows through the decoder. Without it
-  the LiteRT kernels (builtin and XNNPACK, whose int8 TANH is a lookup table for any output
-  scale) compute what the simulation computes;
-- LeakyReLU shares its input scale for the same reason (with its own output scale XNNPACK
+- tanh: the fixed scale 1/128, zero point 0 that TFLite's int8 TANH requires. Its outputs
+  (a, b) meet only each other (the gate a*b, the a|b skip concatenation) and convolutions:
+  the decoder reads the skip through its own 1x1 conv (see qaie.model.FusionDecoder), so no
+  concatenation mixes the 1/128 skip with decoder features and nothing is requantized;
+- LeakyReLU shares its input scale (with its own output scale XNNPACK
   rounds about 13% of its outputs differently), and its slope becomes the 8-bit fixed-point
   value XNNPACK multiplies by (0.2 -> 51/256): then both halves are exact;
 - rsqrt(var + eps): in QAT a var + eps that rounds to 0 is fake-quantized to half a step
@@ -75,6 +72,9 @@ _qd = torch.ops.quantized_decomposed
 # Fixed quantization of the network's input and output: q = round(255 * x) - 128, x in [0, 1].
 IO_SCALE = 1.0 / 255.0
 IO_ZERO_POINT = -128
+# TFLite's int8 TANH output: q = round(128 * y), y in [-1, 1).
+TANH_SCALE = 1.0 / 128.0
+TANH_ZERO_POINT = 0
 _META_KEY = "qaie"  # GraphModule.meta entry holding {"config": ModelConfig, "mode": QuantMode}
 
 
@@ -102,6 +102,7 @@ class QuantSpecs:
     rsqrt_input: QuantizationSpec  # activation, never 0 in QAT (see RsqrtInputFakeQuantize)
     weight: QuantizationSpec
     io: FixedQParamsQuantizationSpec
+    tanh: FixedQParamsQuantizationSpec
 
     @classmethod
     def build(cls, qat: bool) -> QuantSpecs:
@@ -144,7 +145,8 @@ class QuantSpecs:
             quant_max=127,
             qscheme=torch.per_tensor_affine,
         )
-        return cls(activation, rsqrt_input, weight, io)
+        tanh = dataclasses.replace(io, scale=TANH_SCALE, zero_point=TANH_ZERO_POINT)
+        return cls(activation, rsqrt_input, weight, io, tanh)
 
 
 # --- annotators: one per kind of op ---------------------------------------------------------------
@@ -197,8 +199,14 @@ def annotate_conv(node: Node, specs: QuantSpecs) -> None:
 
 
 def annotate_elementwise(node: Node, specs: QuantSpecs) -> None:
-    """Own observed output scale (add, sub, mul, mean, tanh)."""
+    """Own observed output scale (add, sub, mul, mean)."""
     _set(node, {a: _input_spec(a, specs) for a in _tensor_args(node)}, specs.activation)
+
+
+def annotate_tanh(node: Node, specs: QuantSpecs) -> None:
+    """TFLite's fixed tanh output quantization."""
+    x = node.args[0]
+    _set(node, {x: _input_spec(x, specs)}, specs.tanh)
 
 
 def annotate_rsqrt(node: Node, specs: QuantSpecs) -> None:
@@ -237,7 +245,7 @@ Annotator = Callable[[Node, QuantSpecs], None]
 # The rules: every compute op of EnhanceNet (torch.export training IR) and how it is quantized.
 RULES: dict[Callable, Annotator] = {
     aten.conv2d.default: annotate_conv,
-    aten.tanh.default: annotate_elementwise,
+    aten.tanh.default: annotate_tanh,
     aten.mul.Tensor: annotate_elementwise,
     aten.add.Tensor: annotate_elementwise,
     aten.sub.Tensor: annotate_elementwise,
