@@ -179,3 +179,20 @@ def test_calibration_batches_cycle_small_datasets() -> None:
     batches = quantize.calibration_batches("builtin", images=20, crop=32, batch_size=8)
     assert [b.shape for b in batches] == [(8, 3, 32, 32), (8, 3, 32, 32), (4, 3, 32, 32)]
     assert all(float(b.min()) >= 0 and float(b.max()) <= 1 for b in batches)
+
+
+def test_calibrate_command_writes_a_ptq_checkpoint(tiny_checkpoint, tmp_path, capsys) -> None:
+    from qaie.checkpoint import load_model
+    from qaie.cli import main
+
+    out = tmp_path / "ptq.ckpt"
+    args = ["calibrate", str(tiny_checkpoint), "--data", "builtin", "--images", "4", "--crop", "32"]
+    assert main([*args, "--out", str(out)]) == 0
+    loaded = load_model(out)
+    assert loaded.quant == "ptq" and loaded.config == load_model(tiny_checkpoint).config
+    ranges = [m for k, m in loaded.net.state_dict().items() if k.endswith("max_val")]
+    assert ranges and all(torch.isfinite(r).all() for r in ranges)  # every observer saw data (not -inf)
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 2  # exists
+    assert main(["calibrate", str(out), "--data", "builtin", "--out", str(tmp_path / "again.ckpt")]) == 2
+    assert "already quantized (ptq)" in capsys.readouterr().err

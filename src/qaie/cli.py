@@ -332,6 +332,31 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 # --- export / inspect / parity ---------------------------------------------------------------
 
 
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="PTQ: calibrate an FP32 checkpoint into an INT8 (PTQ) checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT", help="FP32 checkpoint")
+    p.add_argument("--data", required=True, help="data spec; crops of its training split are used")
+    p.add_argument("--images", type=int, default=128, help="calibration crops (default 128)")
+    p.add_argument("--crop", type=int, default=100, help="crop size (default 100, as DPED)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the crops and degradations")
+    p.add_argument("--out", required=True, help="PTQ checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable
+    from qaie.quantize import calibrate_checkpoint
+
+    check_writable(Path(args.out), args.overwrite)
+    calibrate_checkpoint(
+        args.checkpoint, args.data, args.out, images=args.images, crop=args.crop, seed=args.seed
+    )
+    print(f"wrote {args.out} (PTQ, {args.images} training crops of {args.data})")
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="convert a checkpoint to a LiteRT .tflite (FP32 or integer-only INT8)")
     p.add_argument("checkpoint", metavar="CKPT", help="FP32, QAT or PTQ checkpoint")
@@ -438,7 +463,52 @@ def _run_parity(args: argparse.Namespace) -> None:
     print(f"  parity_psnr {o.psnr:.2f} dB  mean |diff| {o.mean_abs_lsb:.3f} LSB  max {o.max_abs_lsb} LSB")
 
 
-# --- main -------------------------------------------------------------------------------------
+# --- demo / report ----------------------------------------------------------------------------
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the models shipped in the package, with their cards")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of the cards")
+    p.set_defaults(handler=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from qaie.models import MODELS_DIR, shipped_models
+
+    models = shipped_models()
+    if args.json:
+        print(json.dumps([m.summary() for m in models], indent=2))
+    elif not models:
+        print(f"no model is installed in the package ({MODELS_DIR})")
+    for m in models if not args.json else []:
+        print(f"{m.name}  ({m.path}, {m.file_bytes / 1e6:.2f} MB)\n")
+        print(m.card or "(no model card)\n")
+    return 0
+
+
+def _add_figure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("figure", help="before/after figure of a model on the builtin photos (README)")
+    p.add_argument("out", help="image file to write (.png or .jpg)")
+    p.add_argument("--model", help="FILE.tflite or checkpoint (default: the shipped model)")
+    p.add_argument("--data", default="builtin", help="data spec (default builtin)")
+    p.add_argument("--split", default="test", choices=("val", "test"), help="default test")
+    p.add_argument("--images", type=int, default=3, help="rows (default 3)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=_run_figure)
+
+
+def _run_figure(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable
+    from qaie.report import before_after_figure
+
+    out = Path(args.out)
+    check_writable(out, args.overwrite)
+    before_after_figure(out, args.model, data=args.data, split=args.split, images=args.images)
+    print(f"wrote {out}")
+    return 0
+
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
@@ -448,9 +518,12 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_evaluate,
     _add_camera_stats,
+    _add_calibrate,
     _add_export,
     _add_inspect,
     _add_parity,
+    _add_models,
+    _add_figure,
 ]
 
 

@@ -18,19 +18,11 @@ import numpy as np
 from qaie.atomic import check_writable
 from qaie.errors import QaieError
 from qaie.imageio import IMAGE_EXTENSIONS, list_images, read_rgb, write_image
+from qaie.models import default_model
 from qaie.runtime import Size, TFLiteModel, TileModel, check_tile, enhance_image
 
-SHIPPED_MODELS = Path(__file__).parent / "assets" / "models"
 CHECKPOINT_TILE = (512, 512)  # PyTorch runs any size; tiles bound its activation memory
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
-
-
-def shipped_model() -> Path:
-    """The model shipped inside the package, used when no --model is given."""
-    models = sorted(SHIPPED_MODELS.glob("*.tflite")) if SHIPPED_MODELS.is_dir() else []
-    if not models:
-        raise QaieError("no model is installed in the package; pass --model FILE.tflite")
-    return models[0]
 
 
 def open_model(
@@ -38,7 +30,7 @@ def open_model(
 ) -> TileModel:
     """A `.tflite` in LiteRT (torch-free; `num_threads` applies), a training checkpoint in
     PyTorch (tiles of `tile`, default CHECKPOINT_TILE), or, when None, the shipped model."""
-    path = shipped_model() if path is None else Path(path)
+    path = default_model() if path is None else Path(path)
     if path.suffix.lower() == ".tflite":
         return TFLiteModel(path, num_threads)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:

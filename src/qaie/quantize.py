@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import operator
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -442,3 +443,26 @@ def _round_bias(converted: GraphModule, conv: Node) -> None:
     b = getattr_from_fqn(converted, bias.target)
     step = (x_scale * w_scale.double()).to(b.device)
     b.copy_((torch.round(b.double() / step) * step).to(b.dtype))
+
+
+def calibrate_checkpoint(
+    source: str | os.PathLike,
+    data: str,
+    out: str | os.PathLike,
+    *,
+    images: int = 128,
+    crop: int = 100,
+    seed: int = 0,
+) -> GraphModule:
+    """PTQ as a checkpoint: the FP32 checkpoint `source` prepared, calibrated on `images`
+    training crops of `data`, saved to `out` (reloads like a QAT checkpoint; `qaie export`
+    and `qaie parity` take it). No training."""
+    from qaie.checkpoint import load_model, save_model
+
+    loaded = load_model(source)
+    if loaded.quant is not None:
+        raise QaieError(f"{source}: already quantized ({loaded.quant}); PTQ starts from an FP32 checkpoint")
+    prepared = prepare_ptq(loaded.net, torch.rand(2, 3, crop, crop))
+    calibrate(prepared, calibration_batches(data, images=images, crop=crop, seed=seed))
+    save_model(out, prepared, loaded.config, "ptq", train_config=loaded.train_config)
+    return prepared

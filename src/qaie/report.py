@@ -376,3 +376,42 @@ def _html(results: dict, table: str, sections: list[tuple[str, str, list[Path]]]
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>qaie report</title>'
         f"<style>{_CSS}</style>{_HTML_CHECK}</head><body>{''.join(body)}</body></html>\n"
     )
+
+
+# --- the README's before/after figure ---------------------------------------------------------------
+
+
+def before_after_figure(
+    out: Path, model: Path | None = None, *, data: str = "builtin", split: str = "test", images: int = 3
+) -> Path:
+    """Degraded input | enhanced | target for the first `images` pairs of `data` (whole images),
+    enhanced by the deployed model (default: the shipped one), with each image's PSNR.
+
+    Made from the builtin photos by default, so the figure can live in the repository (photos
+    from ../shared/data must not)."""
+    import torch
+
+    from qaie.data import make_dataset
+    from qaie.enhance import open_model
+    from qaie.metrics import psnr
+    from qaie.runtime import enhance_image
+
+    if images < 1:
+        raise QaieError(f"--images must be at least 1, got {images}")
+    net = open_model(model)
+    dataset = make_dataset(data, split, crop=None, limit=images)
+    rows = len(dataset)
+    fig, axes = plt.subplots(rows, 3, figsize=(10, 2.6 * rows + 0.4), squeeze=False)
+    for i in range(rows):
+        x, y = dataset[i]  # (3, H, W) in [0, 1]
+        pixels = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        enhanced = torch.from_numpy(enhance_image(net, pixels)).permute(2, 0, 1).float() / 255
+        for j, (title, img) in enumerate((("input", x), ("qaie", enhanced), ("target", y))):
+            label = title if title == "target" else f"{title}  {float(psnr(img[None], y[None])):.2f} dB"
+            axes[i, j].imshow(img.permute(1, 2, 0).numpy())
+            axes[i, j].set_title(label if i == 0 or title != "target" else "", fontsize=9)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+    name = Path(model).name if model else "shipped model"
+    fig.suptitle(f"{name} on {data} {split} (simulated old-phone input)", fontsize=10)
+    return _save(fig, Path(out))
