@@ -89,3 +89,15 @@ def test_parity_refuses_mismatched_pairs(quant_models, capsys) -> None:
         ["parity", str(quant_models.ckpt["fp32"]), str(quant_models.tflite["qat"]), "--data", "builtin"]
     )
     assert code == 2 and "is INT8" in capsys.readouterr().err
+
+
+def test_parity_refuses_a_checkpoint_of_another_network(quant_models, tmp_path, capsys) -> None:
+    from qaie.checkpoint import save_model
+    from qaie.config import ModelConfig
+    from qaie.model import EnhanceNet
+
+    other = tmp_path / "w8.ckpt"
+    save_model(other, EnhanceNet(ModelConfig(width=8)), ModelConfig(width=8))
+    code = main(["parity", str(other), str(quant_models.tflite["qat"]), "--data", "builtin"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("qaie parity: error: ") and "width 4 vs 8" in err, err

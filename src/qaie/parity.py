@@ -103,6 +103,7 @@ def run_parity(
 
     model = TFLiteModel(tflite)
     loaded = load_model(checkpoint)
+    _check_same_network(checkpoint, loaded.config, tflite)
     if loaded.quant is None and model.is_int8:
         raise QaieError(f"{checkpoint}: FP32 checkpoint but {tflite} is INT8; give the QAT/PTQ checkpoint")
     if loaded.quant is not None and not model.is_int8:
@@ -126,3 +127,25 @@ def run_parity(
         acts += size_acts
     overall = compare(np.concatenate(refs), np.concatenate(acts))
     return ParityReport(str(checkpoint), str(tflite), reference, len(images), overall, per_size)
+
+
+def _check_same_network(checkpoint: Path, config, tflite: Path) -> None:  # config: ModelConfig
+    """The export sidecar records the network a .tflite came from: a checkpoint of another
+    architecture is a mix-up, named before any work (without a sidecar nothing is known)."""
+    import json
+
+    from qaie.config import to_dict
+    from qaie.export import sidecar_path
+
+    sidecar = sidecar_path(Path(tflite))
+    try:
+        exported = json.loads(sidecar.read_text()).get("model_config")
+    except (OSError, ValueError, AttributeError):
+        return
+    if exported and exported != to_dict(config):
+        diff = ", ".join(
+            f"{k} {exported.get(k)} vs {v}" for k, v in to_dict(config).items() if exported.get(k) != v
+        )
+        raise QaieError(
+            f"{checkpoint}: not the network {tflite} was exported from ({diff}; see {sidecar.name})"
+        )
