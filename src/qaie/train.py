@@ -532,14 +532,14 @@ def train(
     net = initial_net(model_config, config, resume)
 
     metrics_log = MetricsLog(run_dir / "metrics.csv")
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir,
-        filename="best",
-        monitor="val_psnr",
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,
-    )
+    checkpoints = [
+        ModelCheckpoint(
+            dirpath=run_dir, filename="best", monitor="val_psnr", mode="max", enable_version_counter=False
+        ),
+        # last.ckpt from a checkpoint of its own, written after every validation: Lightning 2.6's
+        # save_last=True writes it only in epochs that improve the best, so it lagged behind.
+        ModelCheckpoint(dirpath=run_dir, filename="last", enable_version_counter=False),
+    ]
     with _quiet_lightning():
         trainer = L.Trainer(
             max_epochs=config.epochs,
@@ -550,7 +550,7 @@ def train(
             precision=config.precision,
             gradient_clip_val=config.grad_clip,
             gradient_clip_algorithm="norm",
-            callbacks=[metrics_log, ProgressBar(), checkpoints],
+            callbacks=[metrics_log, ProgressBar(), *checkpoints],
             plugins=[AtomicCheckpointIO()],
             logger=False,
             enable_progress_bar=False,
