@@ -40,7 +40,8 @@ def _fake_run(run: Path, with_samples: bool = True) -> None:
     for name in ("fp32", "qat"):
         (run / name).mkdir()
         rows = ["epoch,step,train_loss,val_psnr,val_ssim"] + [
-            f"{e},{e * 10},{1 - e / 10},{20 + e},0.7" for e in range(3)
+            f"{e},{e * 10},{1 - e / 10},{20 + e},0.7"
+            for e in range(1, 4)  # as qaie.train writes
         ]
         (run / name / "metrics.csv").write_text("\n".join(rows) + "\n")
     if with_samples:

@@ -203,10 +203,8 @@ def _plot_training_curves(run_dir: Path, fig_dir: Path) -> Path | None:
             values = curve.get(key, [])
             n = min(len(epochs), len(values))
             if n:
-                ax.plot(
-                    [e + 1 + offset for e in epochs[:n]], values[:n], "o-", ms=3, color=color, label=label
-                )
-        offset += max(curve.get("epoch", [-1])) + 1
+                ax.plot([e + offset for e in epochs[:n]], values[:n], "o-", ms=3, color=color, label=label)
+        offset += max(curve.get("epoch", [0]))  # metrics.csv counts epochs from 1
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
     ax_psnr.set(xlabel="epoch", ylabel="PSNR dB", title="Validation PSNR")
     for ax in (ax_loss, ax_psnr):
@@ -394,10 +392,12 @@ def before_after_figure(
     from qaie.data import make_dataset
     from qaie.enhance import open_model
     from qaie.metrics import psnr
+    from qaie.models import default_model
     from qaie.runtime import enhance_image
 
     if images < 1:
         raise QaieError(f"--images must be at least 1, got {images}")
+    model = Path(model) if model else default_model()
     net = open_model(model)
     dataset = make_dataset(data, split, crop=None, limit=images)
     rows = len(dataset)
@@ -412,6 +412,5 @@ def before_after_figure(
             axes[i, j].set_title(label if i == 0 or title != "target" else "", fontsize=9)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
-    name = Path(model).name if model else "shipped model"
-    fig.suptitle(f"{name} on {data} {split} (simulated old-phone input)", fontsize=10)
+    fig.suptitle(f"{model.name} on {data} {split} (simulated old-phone input)", fontsize=10)
     return _save(fig, Path(out))
