@@ -151,6 +151,12 @@ class EnhanceNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, a=slope, nonlinearity="leaky_relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        for dec in (self.dec4, self.dec2):  # as one 1x1 conv over all 4c inputs, which they are
+            fused = torch.cat([dec.reduce.weight, dec.reduce_skip.weight], dim=1)
+            nn.init.kaiming_normal_(fused, a=slope, nonlinearity="leaky_relu")
+            with torch.no_grad():
+                dec.reduce.weight.copy_(fused[:, : dec.reduce.in_channels])
+                dec.reduce_skip.weight.copy_(fused[:, dec.reduce.in_channels :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate2, skip2 = self.enc2(x)  # (B, c, H/2, W/2), (B, 2c, H/2, W/2)
