@@ -151,14 +151,15 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(reference: TrainResu
 @pytest.mark.slow
 def test_sigint_stops_cleanly_with_last_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = qaie("train", *FLAGS, "--epochs", "3", "--out", str(run))
+    # Many epochs: a tiny run can finish its last ones before the signal lands (seen on CPU).
+    proc = qaie("train", *FLAGS, "--epochs", "200", "--out", str(run))
     wait_for(run / "last.ckpt", proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "continue with --resume" in stderr and "Traceback" not in stderr
     epochs = read_checkpoint(run / "last.ckpt")["epoch"] + 1
-    assert len(read_csv(run / "metrics.csv")) == epochs
+    assert epochs < 200 and len(read_csv(run / "metrics.csv")) == epochs
     assert not list(run.glob(".*tmp*"))  # resuming it is test_sigkill_then_resume's business
 
 
