@@ -36,11 +36,14 @@ METRICS = ("epoch", "step", "train_loss", "val_psnr", "val_ssim", "lr")
 
 
 def qaie(*args: str, **kwargs) -> subprocess.Popen:
+    """`qaie ARGS` in a subprocess that takes SIGINT as a terminal's Ctrl-C would (a suite run in
+    the background by a shell inherits SIGINT ignored, and Python keeps it ignored)."""
     return subprocess.Popen(
         [sys.executable, "-m", "qaie.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **kwargs,
     )
 
