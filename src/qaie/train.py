@@ -14,8 +14,9 @@ bookkeeping; this module adds what is specific to us:
   a lower learning rate, observers frozen after a number of steps.
 
 Checkpoints are written at the end of each epoch's validation and nowhere else: SIGKILL loses
-at most the epoch in progress, and SIGINT (Lightning's graceful shutdown) keeps the last
-finished epoch in `last.ckpt`, so resumed runs never start mid-epoch.
+at most the epoch in progress, and SIGINT (at the next batch boundary, then Lightning's
+graceful shutdown) keeps the last finished epoch in `last.ckpt`, so resumed runs never start
+mid-epoch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -438,6 +440,29 @@ class ProgressBar(Callback):
             self.bars.pop(name).close()
 
 
+class DeferredInterrupt(Callback):
+    """Ctrl-C takes effect at the next batch boundary: the SIGINT handler only records it, and
+    the next batch hook raises KeyboardInterrupt there, where Lightning's graceful shutdown
+    takes over. Raised at an arbitrary point, it could cut a progress bar's or checkpoint
+    writer's bookkeeping in half (seen: a traceback from a half-built tqdm). A second Ctrl-C
+    interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def _check(self, *_args: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_train_batch_start = on_train_batch_end = _check
+    on_validation_batch_start = on_validation_batch_end = _check
+
+
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's banners and tips (and warnings that do not apply) for the duration."""
@@ -532,6 +557,7 @@ def train(
     net = initial_net(model_config, config, resume)
 
     metrics_log = MetricsLog(run_dir / "metrics.csv")
+    interrupt = DeferredInterrupt()
     checkpoints = [
         ModelCheckpoint(
             dirpath=run_dir, filename="best", monitor="val_psnr", mode="max", enable_version_counter=False
@@ -550,7 +576,7 @@ def train(
             precision=config.precision,
             gradient_clip_val=config.grad_clip,
             gradient_clip_algorithm="norm",
-            callbacks=[metrics_log, ProgressBar(), *checkpoints],
+            callbacks=[metrics_log, ProgressBar(), interrupt, *checkpoints],
             plugins=[AtomicCheckpointIO()],
             logger=False,
             enable_progress_bar=False,
@@ -567,6 +593,8 @@ def train(
         module = EnhanceModule(net, model_config, config)
         data = PairData(train_set, val_set, config, start_epoch)
         previous_sigint = signal.getsignal(signal.SIGINT)
+        if previous_sigint is not signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, interrupt.handler)  # ignored stays ignored (nohup, `&`)
         interrupted = False
         try:
             trainer.fit(module, datamodule=data, ckpt_path=last if resume else None)
