@@ -444,7 +444,7 @@ class DeferredInterrupt(Callback):
     """Ctrl-C takes effect at the next batch boundary: the SIGINT handler only records it, and
     the next batch hook raises KeyboardInterrupt there, where Lightning's graceful shutdown
     takes over. Raised at an arbitrary point, it could cut a progress bar's or checkpoint
-    writer's bookkeeping in half (seen: a traceback from a half-built tqdm). A second Ctrl-C
+    writer's bookkeeping in half (seen: a traceback from tqdm.__del__). A second Ctrl-C
     interrupts at once."""
 
     def __init__(self) -> None:
