@@ -15,8 +15,8 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from qaie.cli import main
-from qaie.export import sidecar_path, signature_name
-from qaie.runtime import TFLiteModel
+from qaie.export import signature_name
+from qaie.runtime import TFLiteModel, sidecar_path
 from qaie.tflite_ops import inspect_tflite
 from tests.conftest import QUANT_SIZES
 

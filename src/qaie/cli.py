@@ -560,9 +560,10 @@ def _run_models(args: argparse.Namespace) -> int:
     models = shipped_models()
     if args.json:
         print(json.dumps([m.summary() for m in models], indent=2))
-    elif not models:
+        return 0
+    if not models:
         print(f"no model is installed in the package ({MODELS_DIR})")
-    for m in models if not args.json else []:
+    for m in models:
         print(f"{m.name}  ({m.path}, {m.file_bytes / 1e6:.2f} MB)\n")
         print(m.card or "(no model card)\n")
     return 0

@@ -367,7 +367,8 @@ class _Run:
 
     def export(self) -> tuple[bool, str]:
         from qaie.checkpoint import load_model
-        from qaie.export import export_tflite, sidecar_path
+        from qaie.export import export_tflite
+        from qaie.runtime import sidecar_path
 
         reused = True
         for name in MODELS:

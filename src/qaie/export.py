@@ -39,6 +39,7 @@ from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
 from qaie.model import EnhanceNet
+from qaie.runtime import sidecar_path
 from qaie.tflite_ops import OpTable, inspect_tflite
 
 Format = Literal["fp32", "int8"]
@@ -51,10 +52,6 @@ _TFLITE_TYPES = {"int8": 9, "uint8": 3}  # tflite schema TensorType values
 
 def signature_name(size: Size) -> str:
     return f"enhance_{size[0]}x{size[1]}"
-
-
-def sidecar_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
 
 
 @dataclass(frozen=True)

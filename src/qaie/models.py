@@ -7,12 +7,12 @@ and the command that reproduces them). Torch-free, like the rest of the runtime 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qaie.errors import QaieError
+from qaie.runtime import read_sidecar
 
 MODELS_DIR = Path(__file__).parent / "assets" / "models"
 
@@ -57,11 +57,10 @@ def default_model(folder: Path | None = None) -> Path:
 
 def _describe(path: Path) -> ShippedModel:
     card = path.with_suffix(".md")
-    sidecar = path.with_name(path.name + ".json")
     return ShippedModel(
         name=path.stem,
         path=path,
         file_bytes=path.stat().st_size,
         card=card.read_text() if card.is_file() else "",
-        sidecar=json.loads(sidecar.read_text()) if sidecar.is_file() else {},
+        sidecar=read_sidecar(path),
     )

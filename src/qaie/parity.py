@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
+from qaie.runtime import read_sidecar, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -129,23 +131,14 @@ def run_parity(
     return ParityReport(str(checkpoint), str(tflite), reference, len(images), overall, per_size)
 
 
-def _check_same_network(checkpoint: Path, config, tflite: Path) -> None:  # config: ModelConfig
+def _check_same_network(checkpoint: Path, config: ModelConfig, tflite: Path) -> None:
     """The export sidecar records the network a .tflite came from: a checkpoint of another
     architecture is a mix-up, named before any work (without a sidecar nothing is known)."""
-    import json
-
-    from qaie.config import to_dict
-    from qaie.export import sidecar_path
-
-    sidecar = sidecar_path(Path(tflite))
-    try:
-        exported = json.loads(sidecar.read_text()).get("model_config")
-    except (OSError, ValueError, AttributeError):
-        return
+    exported = read_sidecar(tflite).get("model_config")
     if exported and exported != to_dict(config):
         diff = ", ".join(
             f"{k} {exported.get(k)} vs {v}" for k, v in to_dict(config).items() if exported.get(k) != v
         )
         raise QaieError(
-            f"{checkpoint}: not the network {tflite} was exported from ({diff}; see {sidecar.name})"
+            f"{checkpoint}: not the network {tflite} was exported from ({diff}; see {sidecar_path(Path(tflite)).name})"
         )

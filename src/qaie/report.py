@@ -393,6 +393,7 @@ def before_after_figure(
     from qaie.enhance import open_model
     from qaie.metrics import psnr
     from qaie.models import default_model
+    from qaie.parity import to_uint8
     from qaie.runtime import enhance_image
 
     if images < 1:
@@ -404,7 +405,7 @@ def before_after_figure(
     fig, axes = plt.subplots(rows, 3, figsize=(10, 2.6 * rows + 0.4), squeeze=False)
     for i in range(rows):
         x, y = dataset[i]  # (3, H, W) in [0, 1]
-        pixels = (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        pixels = to_uint8(x.permute(1, 2, 0).numpy())
         enhanced = torch.from_numpy(enhance_image(net, pixels)).permute(2, 0, 1).float() / 255
         for j, (title, img) in enumerate((("input", x), ("qaie", enhanced), ("target", y))):
             label = title if title == "target" else f"{title}  {float(psnr(img[None], y[None])):.2f} dB"

@@ -9,6 +9,7 @@ into overlapping tiles whose outputs are blended with raised-cosine weights.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from collections.abc import Callable
@@ -27,6 +28,21 @@ Size = tuple[int, int]  # (H, W)
 # computed with the same stride phases as in a whole-image run.
 ALIGN = 8
 DEFAULT_OVERLAP = 32
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where `qaie export` records a .tflite's metadata: ``FILE.tflite.json``."""
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: Path) -> dict:
+    """The export sidecar of the .tflite `path` (format, model_config, signatures, I/O,
+    float_ops); {} when there is none or it cannot be read (it only informs)."""
+    try:
+        data = json.loads(sidecar_path(Path(path)).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def parse_size(text: str, what: str = "size") -> Size:
