@@ -57,7 +57,7 @@ def tiny_tflite(tiny_net, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qaie.export import export_tflite
 
     path = tmp_path_factory.mktemp("tiny") / "tiny_fp32.tflite"
-    export_tflite(tiny_net, "fp32", [TINY_TILE, TINY_WHOLE], path)
+    export_tflite(tiny_net, "fp32", [TINY_TILE, TINY_WHOLE], path, stages=False)  # tiles (test_runtime)
     save_model(path.with_suffix(".ckpt"), tiny_net, tiny_net.config)  # for tiny_checkpoint
     return path
 
@@ -82,7 +82,7 @@ def tiny_int8_tflite(request, tiny_net, tmp_path_factory: pytest.TempPathFactory
     path = tmp_path_factory.mktemp("tiny") / f"tiny_int8_{request.param}_io.tflite"
     export_tflite(
         tiny_net, "int8", [TINY_TILE, TINY_WHOLE], path, uint8_io=request.param == "uint8",
-        calibration=[torch.stack(crops)],
+        calibration=[torch.stack(crops)], stages=False,
     )  # fmt: skip
     return path
 
@@ -152,7 +152,24 @@ def quant_models(tmp_path_factory: pytest.TempPathFactory):  # -> QuantModels (t
     save_model(ckpt["ptq"], ptq, config, "ptq")
     save_model(ckpt["qat"], qat, config, "qat")
     tflite = {name: out / f"{name}.tflite" for name in ("fp32", "ptq", "qat")}
-    export_tflite(fp32, "fp32", QUANT_SIZES[:1], tflite["fp32"], source_checkpoint=str(ckpt["fp32"]))
-    export_tflite(ptq, "int8", QUANT_SIZES, tflite["ptq"], source_checkpoint=str(ckpt["ptq"]))
-    export_tflite(qat, "int8", QUANT_SIZES, tflite["qat"], source_checkpoint=str(ckpt["qat"]))
+    for name, net in (("fp32", fp32), ("ptq", ptq), ("qat", qat)):  # whole signatures (parity)
+        sizes = QUANT_SIZES[:1] if name == "fp32" else QUANT_SIZES
+        fmt = "fp32" if name == "fp32" else "int8"
+        export_tflite(net, fmt, sizes, tflite[name], source_checkpoint=str(ckpt[name]), stages=False)
     return QuantModels(fp32, ptq, qat, x, ckpt, tflite)
+
+
+WINDOW = (128, 128)  # the stage window of the whole-photo exports
+
+
+@pytest.fixture(scope="session")
+def whole_photo_models(quant_models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`quant_models`' QAT and FP32 networks exported with stage signatures (qaie.split) at
+    WINDOW: .tflite files that enhance any photo as a whole photo."""
+    from qaie.export import export_tflite
+
+    out = tmp_path_factory.mktemp("whole")
+    paths = {"qat": out / "qat.tflite", "fp32": out / "fp32.tflite"}
+    export_tflite(quant_models.qat, "int8", [WINDOW], paths["qat"])
+    export_tflite(quant_models.fp32, "fp32", [WINDOW], paths["fp32"])
+    return paths

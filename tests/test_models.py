@@ -33,6 +33,7 @@ def test_models_lists_cards_and_sidecars(models_dir: Path, capsys: pytest.Captur
     (entry,) = json.loads(capsys.readouterr().out)
     assert entry["name"] == "tiny" and entry["format"] == "fp32"
     assert entry["signatures"] == ["enhance_96x96", "enhance_192x256"]
+    assert entry["checkpoints"] == {}  # none shipped beside this one
     assert (
         entry["card"].startswith("# tiny")
         and entry["file_bytes"] == (models_dir / "tiny.tflite").stat().st_size
@@ -64,11 +65,14 @@ needs_shipped = pytest.mark.skipif(not SHIPPED, reason="no model in src/qaie/ass
 
 
 @needs_shipped
-def test_shipped_model_is_integer_only_with_uint8_io_and_a_card() -> None:
+def test_shipped_model_is_integer_only_whole_photo_with_its_checkpoints_and_a_card() -> None:
     model = SHIPPED[0]
     table = inspect_tflite(model.path)
-    assert table.float_ops == 0 and table.dequantize_ops == 0
-    assert model.sidecar["io"]["dtype"] == "uint8" and model.sidecar["quant"] == "qat"
+    assert table.float_ops == 0 and table.dequantize_ops == 0 and table.quantize_ops == 0
+    assert model.sidecar["io"]["dtype"] == "int8" and model.sidecar["quant"] == "qat"
+    assert model.sidecar["stages"] is not None  # whole-photo output in windows (qaie.wholephoto)
+    assert set(model.checkpoints) == {"qat", "fp32"}  # the reference: the QAT checkpoint, --tile none
+    assert model.summary()["checkpoints"]["qat"].endswith("qaie-c32-qat.ckpt")
     assert model.file_bytes < 3_000_000
     # the card quotes the deployed artifact's measured numbers and the command behind them
     assert re.search(r"PSNR", model.card) and "qaie evaluate" in model.card

@@ -136,7 +136,12 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1..100 (default 95)")
     p.add_argument("--format", help="output format for a folder: jpg, png, ... (default: the input's)")
     p.add_argument("--threads", help="LiteRT interpreter threads (default: all cores)")
-    p.add_argument("--tile", metavar="HxW", help="tile size: one of the .tflite's sizes (default: largest)")
+    p.add_argument(
+        "--tile",
+        metavar="HxW|none",
+        help="window size: one of the .tflite's sizes (default: the largest that fits); "
+        "none: a checkpoint on the whole photo in one pass (the reference)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(handler=_run_enhance)
 
@@ -147,9 +152,10 @@ def _run_enhance(args: argparse.Namespace) -> int:
     from qaie.enhance import enhance_files, open_model, plan_jobs
     from qaie.runtime import parse_counts, parse_size
 
-    tile = parse_size(args.tile, "--tile") if args.tile else None
+    whole = args.tile is not None and args.tile.strip().lower() == "none"
+    tile = parse_size(args.tile, "--tile") if args.tile and not whole else None
     threads = parse_counts(args.threads, "--threads")[0] if args.threads else None
-    model = open_model(args.model, threads, tile)
+    model = open_model(args.model, threads, tile, whole=whole)
     jobs = plan_jobs(args.inputs, args.out, fmt=args.format, overwrite=args.overwrite)
     single, failed = len(jobs) == 1, 0
     with tqdm(total=len(jobs), unit="tile" if single else "image", disable=None, file=sys.stderr) as bar:

@@ -26,15 +26,25 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
 def open_model(
-    path: str | os.PathLike | None, num_threads: int | None = None, tile: Size | None = None
+    path: str | os.PathLike | None,
+    num_threads: int | None = None,
+    tile: Size | None = None,
+    *,
+    whole: bool = False,
 ) -> TileModel:
     """A `.tflite` in LiteRT (torch-free; `num_threads` applies), a training checkpoint in
-    PyTorch (tiles of `tile`, default CHECKPOINT_TILE), or, when None, the shipped model."""
+    PyTorch (stages in windows of `tile`, default CHECKPOINT_TILE; with `whole`, the whole
+    photo in one pass: the reference), or, when None, the shipped model."""
     path = default_model() if path is None else Path(path)
     if path.suffix.lower() == ".tflite":
+        if whole:
+            raise QaieError(
+                "--tile none runs a checkpoint on the whole photo in one pass; a .tflite has fixed "
+                "sizes (it computes the whole-photo output in windows by itself)"
+            )
         return TFLiteModel(path, num_threads)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        return CheckpointModel(path, tile or CHECKPOINT_TILE)
+        return CheckpointModel(path, None if whole else tile or CHECKPOINT_TILE)
     raise QaieError(
         f"{path}: unknown model type {path.suffix!r}; pass an exported .tflite or a checkpoint "
         f"({', '.join(CHECKPOINT_SUFFIXES)})"
@@ -43,18 +53,25 @@ def open_model(
 
 class CheckpointModel:
     """A training checkpoint run in PyTorch (imports torch): FP32, or QAT/PTQ as its quantized
-    reference model. For comparing with the deployed `.tflite`, which is what a phone runs."""
+    reference model. For comparing with the deployed `.tflite`, which is what a phone runs.
 
-    def __init__(self, path: Path, tile: Size) -> None:
+    With a `window`, photos run stage by stage in windows of that size (qaie.split; memory
+    bounded, the whole-photo output); with None, in one pass over the whole photo.
+    """
+
+    def __init__(self, path: Path, window: Size | None) -> None:
+        from qaie.checkpoint import load_model
         from qaie.evaluate import checkpoint_predictor
+        from qaie.split import TorchStageRunner
 
         self._predict = checkpoint_predictor(path)
-        self.sizes = (tile,)
+        self.sizes = None if window is None else (window,)
+        self.stages = None if window is None else TorchStageRunner(load_model(path).net, [window])
 
-    def run(self, tile: np.ndarray) -> np.ndarray:
+    def run(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
-        x = torch.from_numpy(tile).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) in [0, 1]
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) in [0, 1]
         y = self._predict(x)[0].permute(1, 2, 0)  # (H, W, 3)
         return (y * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 

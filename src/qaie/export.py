@@ -6,7 +6,12 @@ The I/O contract (what `qaie.runtime` relies on):
 - each signature has exactly one input ``image`` and one output ``enhanced``, both
   (1, H, W, 3) NHWC RGB;
 - FP32: float32 in [0, 1]. INT8: int8 with scale 1/255, zero point -128 (pixel value
-  p in 0..255 is stored as p - 128), or with ``uint8_io`` uint8 with scale 1/255, zero point 0.
+  p in 0..255 is stored as p - 128), or with ``uint8_io`` uint8 with scale 1/255, zero point 0;
+- beside each ``enhance_{H}x{W}``, the six stage signatures ``stage{k}_{H}x{W}`` of the
+  network split at its instance-norm statistics (qaie.split), whose inputs and outputs are
+  named feature maps and statistics, int8 at their trained scales in an INT8 file: with them
+  `qaie.wholephoto` computes the whole-photo output of any photo in windows of that size.
+  The sidecar's ``stages`` entry says how they connect.
 
 INT8 files are integer-only: every op between input and output runs on int8/int32 tensors.
 With int8 I/O there is no QUANTIZE or DEQUANTIZE op at all; uint8 I/O adds one uint8->int8
@@ -34,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.fx import GraphModule
 
-from qaie import quantize
+from qaie import quantize, split
 from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
@@ -66,6 +71,7 @@ class ExportResult:
     file_bytes: int
     seconds: float
     ops: OpTable
+    stages: dict | None  # qaie.split meta: how the stage signatures connect (None: none)
 
 
 class _NhwcIo(nn.Module):
@@ -78,6 +84,44 @@ class _NhwcIo(nn.Module):
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         out = self.net(image.permute(0, 3, 1, 2))  # (1, 3, H, W)
         return {OUTPUT_NAME: out.permute(0, 2, 3, 1)}
+
+
+class _NhwcStage(nn.Module):
+    """One stage of `qaie.split` with NHWC tensors by name in and out (maps, statistics)."""
+
+    def __init__(self, graph: GraphModule, inputs: list[str]) -> None:
+        super().__init__()
+        self.stage = graph  # (not `graph`: an exported module's own FX graph has that name)
+        self.inputs = inputs
+
+    def forward(self, **tensors: Tensor) -> dict[str, Tensor]:
+        outputs = self.stage(*(tensors[name].permute(0, 3, 1, 2) for name in self.inputs))
+        return {name: value.permute(0, 2, 3, 1) for name, value in outputs.items()}
+
+
+def stage_signature_name(stage: int, size: Size) -> str:
+    return f"stage{stage}_{size[0]}x{size[1]}"
+
+
+def _stage_graphs(graph: GraphModule, size: Size) -> tuple[dict[str, tuple[nn.Module, dict]], dict]:
+    """The stage signatures of one window size (module, NHWC sample inputs) and their meta."""
+    stages = split.split(graph)
+    h, w = size
+    maps = stages.meta["maps"]
+    graphs = {}
+    for k, (module, stage) in enumerate(zip(stages.graphs, stages.meta["stages"], strict=True)):
+        samples = {}
+        for name in stage["inputs"]:
+            if name == split.IMAGE:
+                samples[name] = torch.rand(1, h, w, 3)
+            elif name in maps:
+                s = maps[name]["scale"]
+                samples[name] = torch.rand(1, h // s, w // s, maps[name]["channels"])
+            else:  # mean{k} / rstd{k}
+                channels = stages.meta["norms"][int(name[4:]) - 1]["channels"]
+                samples[name] = torch.rand(1, 1, 1, channels) + 0.5
+        graphs[stage_signature_name(k, size)] = (_NhwcStage(module, stage["inputs"]), samples)
+    return graphs, stages.meta
 
 
 @contextlib.contextmanager
@@ -112,7 +156,7 @@ def _strict_static_qdq() -> Iterator[None]:
 
 
 def _integer_io(model_bytes: bytes, dtype: str) -> bytes:
-    """Replace the float input/output edges (QUANTIZE after the input, DEQUANTIZE before the
+    """Replace the float input/output edges (QUANTIZE after each input, DEQUANTIZE before each
     output) by `dtype` tensors, with TFLite's modify_model_interface, then point the
     signatures at the new input/output tensors (the tool leaves them stale)."""
     from ai_edge_litert import _pywrap_modify_model_interface as mmi
@@ -121,14 +165,19 @@ def _integer_io(model_bytes: bytes, dtype: str) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "float_io.tflite", Path(tmp) / "int_io.tflite"
         src.write_bytes(model_bytes)
+        before = fb.read_model(src)
         status = mmi.modify_model_interface(str(src), str(dst), _TFLITE_TYPES[dtype], _TFLITE_TYPES[dtype])
         assert status == 0, f"modify_model_interface failed with status {status}"
         model = fb.read_model(dst)
-    for sig in model.signatureDefs:
-        graph = model.subgraphs[sig.subgraphIndex]
-        assert len(sig.inputs) == len(graph.inputs) == 1 and len(sig.outputs) == len(graph.outputs) == 1
-        sig.inputs[0].tensorIndex = graph.inputs[0]
-        sig.outputs[0].tensorIndex = graph.outputs[0]
+    for old_sig, sig in zip(before.signatureDefs, model.signatureDefs, strict=True):
+        old_graph, graph = before.subgraphs[old_sig.subgraphIndex], model.subgraphs[sig.subgraphIndex]
+        for old_ends, ends, old_io, io in (
+            (old_sig.inputs, sig.inputs, old_graph.inputs, graph.inputs),
+            (old_sig.outputs, sig.outputs, old_graph.outputs, graph.outputs),
+        ):
+            position = {int(t): i for i, t in enumerate(old_io)}
+            for old_end, end in zip(old_ends, ends, strict=True):
+                end.tensorIndex = int(io[position[old_end.tensorIndex]])
     return bytes(fb.convert_object_to_bytearray(model))
 
 
@@ -147,19 +196,23 @@ def _litert_progress(show: bool) -> Iterator[None]:
             os.environ[key] = before
 
 
-def _convert(signatures: dict[str, tuple[nn.Module, Size]], int8: bool) -> bytes:
+def _convert(signatures: dict[str, tuple[nn.Module, dict[str, Tensor]]], int8: bool) -> bytes:
     import litert_torch
 
     converter = litert_torch.Converter()
-    for name, (module, (h, w)) in signatures.items():
-        converter.signature(name, module, sample_kwargs={INPUT_NAME: torch.rand(1, h, w, 3)})
+    for name, (module, samples) in signatures.items():
+        converter.signature(name, module, sample_kwargs=samples)
     with _litert_progress(sys.stderr.isatty()), _strict_static_qdq() if int8 else contextlib.nullcontext():
         return converter.convert().model_content()
 
 
+def _whole_sample(size: Size) -> dict[str, Tensor]:
+    return {INPUT_NAME: torch.rand(1, *size, 3)}
+
+
 def _int8_graphs(
-    source: EnhanceNet | GraphModule, sizes: list[Size], calibration: Iterable[Tensor] | None
-) -> tuple[dict[str, tuple[nn.Module, Size]], str, ModelConfig]:
+    source: EnhanceNet | GraphModule, sizes: list[Size], calibration: Iterable[Tensor] | None, stages: bool
+) -> tuple[dict[str, tuple[nn.Module, dict]], str, ModelConfig, dict | None]:
     if isinstance(source, EnhanceNet):
         if calibration is None:
             raise QaieError(
@@ -170,11 +223,14 @@ def _int8_graphs(
     else:
         prepared = source
     config, mode = quantize.graph_info(prepared)
-    graphs = {}
+    graphs, meta = {}, None
     for size in sizes:  # converted graphs have fixed shapes: one per size, same quant params
-        static = quantize.reprepare(prepared, torch.rand(1, 3, *size), dynamic=False)
-        graphs[signature_name(size)] = (_NhwcIo(quantize.convert(static)), size)
-    return graphs, mode, config
+        static = quantize.convert(quantize.reprepare(prepared, torch.rand(1, 3, *size), dynamic=False))
+        graphs[signature_name(size)] = (_NhwcIo(static), _whole_sample(size))
+        if stages:
+            stage_graphs, meta = _stage_graphs(static, size)
+            graphs |= stage_graphs
+    return graphs, mode, config, meta
 
 
 def check_output(out: Path, overwrite: bool = True) -> None:
@@ -195,6 +251,7 @@ def export_tflite(
     uint8_io: bool = False,
     calibration: Iterable[Tensor] | None = None,
     source_checkpoint: str | None = None,
+    stages: bool = True,
 ) -> ExportResult:
     """Convert `source` to `out` (.tflite) with one signature per (H, W) in `sizes`.
 
@@ -207,6 +264,9 @@ def export_tflite(
         uint8_io: INT8 only: uint8 input/output (zero point 0) instead of int8 (-128).
         calibration: (B, 3, h, w) batches in [0, 1] for PTQ (any h, w).
         source_checkpoint: recorded in the sidecar.
+        stages: also export each size's stage signatures ``stage{k}_{H}x{W}`` (qaie.split),
+            with which the runtime enhances photos of any size as one whole photo. Without
+            them a larger photo is enhanced tile by tile, each tile with its own statistics.
     """
     out = Path(out)
     check_output(out)
@@ -223,12 +283,17 @@ def export_tflite(
         if not isinstance(source, EnhanceNet):
             raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
         net, quant, config = copy.deepcopy(source).eval(), None, source.config
-        graphs = {signature_name(s): (_NhwcIo(net), s) for s in sizes}
+        graphs, meta = {}, None
+        for size in sizes:
+            graphs[signature_name(size)] = (_NhwcIo(net), _whole_sample(size))
+            if stages:
+                stage_graphs, meta = _stage_graphs(split.static_graph(net, size), size)
+                graphs |= stage_graphs
         with torch.no_grad():
             model_bytes = _convert(graphs, int8=False)
         io = {"dtype": "float32", "scale": None, "zero_point": None}
     else:
-        graphs, quant, config = _int8_graphs(source, sizes, calibration)
+        graphs, quant, config, meta = _int8_graphs(source, sizes, calibration, stages)
         io_dtype = "uint8" if uint8_io else "int8"
         model_bytes = _integer_io(_convert(graphs, int8=True), io_dtype)
         io = {
@@ -253,6 +318,7 @@ def export_tflite(
         file_bytes=len(model_bytes),
         seconds=seconds,
         ops=ops,
+        stages=meta,
     )
     write_text_atomic(
         result.sidecar, json.dumps(_sidecar(result, config, source_checkpoint), indent=2) + "\n"
@@ -273,6 +339,7 @@ def _sidecar(result: ExportResult, config: ModelConfig, source_checkpoint: str |
             for name, (h, w) in zip(result.signatures, result.sizes, strict=True)
         ],
         "io": result.io,
+        "stages": result.stages,
         "file_bytes": result.file_bytes,
         "float_ops": result.ops.float_ops,
         "quantize_ops": result.ops.quantize_ops,

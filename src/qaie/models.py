@@ -24,6 +24,7 @@ class ShippedModel:
     file_bytes: int
     card: str  # markdown; empty when the card is missing
     sidecar: dict[str, Any]  # what qaie export recorded: format, signatures, I/O, float_ops
+    checkpoints: dict[str, Path]  # "qat" / "fp32": the checkpoints it was exported from or with
 
     def summary(self) -> dict[str, Any]:
         """The JSON `qaie models --json` prints for this model."""
@@ -36,6 +37,7 @@ class ShippedModel:
             "signatures": [s["name"] for s in self.sidecar.get("signatures", [])],
             "io_dtype": self.sidecar.get("io", {}).get("dtype"),
             "float_ops": self.sidecar.get("float_ops"),
+            "checkpoints": {kind: str(path) for kind, path in self.checkpoints.items()},
             "card": self.card,
         }
 
@@ -56,11 +58,17 @@ def default_model(folder: Path | None = None) -> Path:
 
 
 def _describe(path: Path) -> ShippedModel:
+    """A shipped NAME.tflite, its card NAME.md, and its checkpoints: for ``PREFIX-int8``,
+    ``PREFIX-qat.ckpt`` (the QAT model it was exported from: run it with `qaie enhance
+    --model ... --tile none` for the whole-photo reference) and ``PREFIX-fp32.ckpt``."""
     card = path.with_suffix(".md")
+    prefix = path.stem.removesuffix("-int8")
+    checkpoints = {kind: path.with_name(f"{prefix}-{kind}.ckpt") for kind in ("qat", "fp32")}
     return ShippedModel(
         name=path.stem,
         path=path,
         file_bytes=path.stat().st_size,
         card=card.read_text() if card.is_file() else "",
         sidecar=read_sidecar(path),
+        checkpoints={kind: p for kind, p in checkpoints.items() if p.is_file()},
     )

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.imageio import MIN_SIZE
+from qaie.wholephoto import Quant, StageRunner, enhance_whole
 
 Size = tuple[int, int]  # (H, W)
 
@@ -147,12 +149,56 @@ def _usable_signature(key: str, runner) -> Signature | None:
 
 
 class TileModel(Protocol):
-    """What tiling needs from a model: its fixed sizes and a run on one tile of such a size."""
+    """What enhancing a photo needs from a model: its fixed sizes (None: any size in one run)
+    and a run on an image of such a size; `stages` (a `wholephoto.StageRunner`), when the
+    model has them, computes whole-photo outputs in windows instead."""
 
     @property
-    def sizes(self) -> tuple[Size, ...]: ...
+    def sizes(self) -> tuple[Size, ...] | None: ...
+
+    @property
+    def stages(self) -> StageRunner | None: ...
 
     def run(self, tile: np.ndarray) -> np.ndarray: ...
+
+
+_STAGE_SIGNATURE = re.compile(r"stage(\d+)_(\d+)x(\d+)")
+
+
+class TFLiteStages:
+    """The stage signatures of an exported file (``stage{k}_{H}x{W}``, see qaie.split), as a
+    `wholephoto.StageRunner`: whole-photo enhancement in windows of each exported size."""
+
+    def __init__(self, interpreter, meta: dict) -> None:
+        self.meta = meta
+        # (a runner allocates its subgraph's tensors at its first call: only the window
+        # sizes a photo uses take memory)
+        self._runners: dict[tuple[int, Size], object] = {}
+        for key in interpreter.get_signature_list():
+            match = _STAGE_SIGNATURE.fullmatch(key)
+            if match:
+                k, h, w = map(int, match.groups())
+                self._runners[k, (h, w)] = interpreter.get_signature_runner(key)
+        n = len(meta["stages"])
+        self.window_sizes = tuple(
+            sorted({size for _, size in self._runners if all((k, size) in self._runners for k in range(n))})
+        )
+        self._quant: dict[str, Quant] = {}
+        for runner in self._runners.values():
+            for details in (runner.get_input_details(), runner.get_output_details()):
+                for name, d in details.items():
+                    scale, zero_point = d["quantization"]
+                    dtype = np.dtype(d["dtype"])
+                    self._quant[name] = (
+                        Quant(dtype, scale, zero_point) if dtype.kind in "iu" else Quant(dtype)
+                    )
+
+    def quant(self, name: str) -> Quant:
+        return self._quant[name]
+
+    def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # (the interpreter reads an input's buffer as contiguous: window slices are views)
+        return self._runners[stage, size](**{k: np.ascontiguousarray(v) for k, v in inputs.items()})
 
 
 class TFLiteModel:
@@ -180,6 +226,8 @@ class TFLiteModel:
         self._runners = {}
         signatures = {}
         for key in self._interpreter.get_signature_list():
+            if _STAGE_SIGNATURE.fullmatch(key):
+                continue
             runner = self._interpreter.get_signature_runner(key)
             sig = _usable_signature(key, runner)
             if sig is not None and sig.size not in signatures:
@@ -190,6 +238,9 @@ class TFLiteModel:
                 "export it with `qaie export`"
             )
         self.signatures: dict[Size, Signature] = dict(sorted(signatures.items(), key=lambda kv: kv[0]))
+        meta = read_sidecar(self.path).get("stages")
+        stages = TFLiteStages(self._interpreter, meta) if meta else None
+        self.stages: TFLiteStages | None = stages if stages and stages.window_sizes else None
 
     @property
     def sizes(self) -> tuple[Size, ...]:
@@ -213,6 +264,8 @@ class TFLiteModel:
 
 
 def check_tile(model: TileModel, tile: Size) -> None:
+    if model.sizes is None:
+        raise QaieError("--tile: this model runs the whole photo in one pass (--tile none)")
     if tile not in model.sizes:
         available = ", ".join(format_size(s) for s in model.sizes)
         raise QaieError(f"tile {format_size(tile)} is not an exported size of the model ({available})")
@@ -328,6 +381,14 @@ def enhance_image(
     `progress(done, total)` is called after each tile.
     """
     h, w = check_pixels(pixels)
+    stages = getattr(model, "stages", None)
+    if stages is not None:
+        return enhance_whole(stages, pixels, window=tile, progress=progress)
+    if model.sizes is None:  # any size in one pass (a checkpoint with --tile none)
+        out = model.run(pixels)
+        if progress:
+            progress(1, 1)
+        return out
     tile = tile or choose_tile(model.sizes, (h, w))
     check_tile(model, tile)
     plan = plan_tiles((h, w), tile, overlap)

@@ -1,0 +1,314 @@
+"""Split the network at its instance-norm statistics, so a photo of any size can be enhanced
+in tiles and still get the whole-photo result (see qaie.wholephoto, which runs the stages).
+
+Every InstanceNorm takes its mean and variance over the whole tensor it is given; everything
+else in the network is local (convolutions, pools, resizes). Cut the graph where the five norm
+statistics are read and it falls into six *stages*, each a purely local function of
+whole-image feature maps. Stage k needs the statistics of norm k, which are reductions over
+a feature map stage k-1 wrote in full. Running stage after stage over overlapping windows,
+keeping the maps that cross stages, gives exactly the whole-image output with memory bounded
+by a few int8 feature maps instead of every activation.
+
+The split works on an exported graph: the FP32 network, or the quantized reference model
+(`qaie.quantize.convert`), so the stages carry exactly the trained scales. A crossing map of
+a quantized graph is cut at its int8 tensor (the stage writes it quantized, the next one reads
+it at the same scale): converted to LiteRT, stages pass int8 tensors, nothing is requantized.
+The statistics themselves are computed outside the graph (`qaie.wholephoto.norm_statistics`)
+from the chain of scales recorded here, the way the reference model computes them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.fx import Graph, GraphModule, Node
+
+aten = torch.ops.aten
+# quantized_decomposed ops exist once torchao is imported: matched by name, so FP32 graphs
+# split without it.
+_QUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
+_DEQUANTIZE = "quantized_decomposed.dequantize_per_tensor.default"
+
+IMAGE = "image"
+OUTPUT = "enhanced"
+
+
+@dataclass
+class Stages:
+    """The stage graphs of one network at one (static) input size, and how they connect.
+
+    `meta` is plain JSON (see `wholephoto.StagedNetwork`): per stage its input and output
+    names; per crossing map its downscale factor and channels; per norm the map it reduces
+    and the quantization of each step of the statistics (None for FP32).
+    """
+
+    graphs: list[GraphModule]
+    meta: dict = field(default_factory=dict)
+
+
+def _is(node: object, target) -> bool:
+    if not (isinstance(node, Node) and node.op == "call_function"):
+        return False
+    return str(node.target) == target if isinstance(target, str) else node.target == target
+
+
+def _op(name: str):
+    """A quantized_decomposed op by its name (torchao has registered it when a graph has it)."""
+    namespace, op, overload = name.split(".")
+    return getattr(getattr(getattr(torch.ops, namespace), op), overload)
+
+
+def _producer(node: Node) -> Node:
+    """The compute op behind `node`, through dequantize/quantize pairs."""
+    while _is(node, _DEQUANTIZE) or _is(node, _QUANTIZE):
+        node = node.args[0]
+    return node
+
+
+def _value(node: Node) -> Node:
+    """What the rest of the graph reads of a compute op: its quantize node, if it has one."""
+    users = list(node.users)
+    return users[0] if len(users) == 1 and _is(users[0], _QUANTIZE) else node
+
+
+def _qparams(node: Node) -> list[float] | None:
+    """[scale, zero point] of a compute op's output, None when it is not quantized."""
+    value = _value(node)
+    return [float(value.args[1]), int(value.args[2])] if value is not node else None
+
+
+@dataclass
+class _Norm:
+    input: Node  # the feature map normalised (a conv output)
+    mean: Node  # mean over H, W
+    centered: Node
+    square: Node
+    var: Node
+    var_eps: Node
+    rstd: Node
+    eps: float
+    eps_q: list[float] | None
+
+    def chain(self) -> dict | None:
+        """The quantization of each step of the statistics; None for an FP32 graph."""
+        steps = ("input", "mean", "centered", "square", "var", "var_eps", "rstd")
+        params = {s: _qparams(getattr(self, s)) for s in steps}
+        if params["mean"] is None:
+            return None
+        return {**params, "eps": self.eps_q}
+
+
+def _find_norms(graph: Graph, owner: nn.Module) -> list[_Norm]:
+    """Each InstanceNorm, from its rsqrt back: rsqrt(mean((x - mean(x))^2) + eps)."""
+    norms = []
+    for rsqrt in graph.nodes:
+        if not _is(rsqrt, aten.rsqrt.default):
+            continue
+        var_eps = _producer(rsqrt.args[0])
+        var = _producer(var_eps.args[0])
+        square = _producer(var.args[0])
+        centered = _producer(square.args[0])
+        mean = _producer(centered.args[1])
+        x = _producer(centered.args[0])
+        assert _is(var_eps, aten.add.Tensor) and _is(var, aten.mean.dim), var_eps
+        assert _is(square, aten.mul.Tensor) and _is(centered, aten.sub.Tensor), square
+        assert _is(mean, aten.mean.dim) and _producer(mean.args[0]) is x, mean
+        eps_arg = var_eps.args[1]
+        eps_q = None
+        if _is(eps_arg, _DEQUANTIZE):  # a quantized constant: q(get_attr) -> dq
+            q = eps_arg.args[0]
+            eps_q = [float(q.args[1]), int(q.args[2])]
+            eps_arg = q.args[0]
+        eps = float(getattr(owner, eps_arg.target)) if isinstance(eps_arg, Node) else float(eps_arg)
+        norms.append(_Norm(x, mean, centered, square, var, var_eps, rsqrt, eps, eps_q))
+    return norms
+
+
+def split(module: GraphModule) -> Stages:
+    """Cut an exported (static-shape) network graph into stages at its norm statistics.
+
+    `module` takes one (1, 3, H, W) image and returns the enhanced image: a torch.export of
+    EnhanceNet, or its quantized reference model. The stages it returns take and return
+    named NCHW tensors: stage 0 takes the image; stage k (1..5) also takes ``mean{k}`` and
+    ``rstd{k}`` (1, C, 1, 1); the last returns ``enhanced``.
+    """
+    gm = copy.deepcopy(module)
+    graph = gm.graph
+    for node in list(graph.nodes):  # shape guards of torch.export: not part of the function
+        if node.op == "call_module" and node.target == "_guards_fn":
+            graph.erase_node(node)
+    (image,) = [n for n in graph.nodes if n.op == "placeholder"]
+    (out_node,) = [n for n in graph.nodes if n.op == "output"]
+    norms = _find_norms(graph, gm)
+    chains = [n.chain() for n in norms]  # before the reductions are cut away
+
+    # The statistics become inputs: what read mean / rstd reads a placeholder (re-quantized at
+    # the same scale, so a quantized graph reads the same int8 values); the reductions die.
+    stat_inputs: dict[Node, int] = {}
+    last = next(iter(graph.nodes))
+    for k, norm in enumerate(norms, 1):
+        for name, node in ((f"mean{k}", norm.mean), (f"rstd{k}", norm.rstd)):
+            with graph.inserting_after(last):
+                placeholder = graph.placeholder(name)
+            last = placeholder
+            placeholder.meta["val"] = node.meta["val"]
+            stat_inputs[placeholder] = k
+            value = _value(node)
+            if value is node:
+                node.replace_all_uses_with(placeholder)
+            else:
+                with graph.inserting_after(value):
+                    q = graph.call_function(_op(_QUANTIZE), (placeholder, *value.args[1:]))
+                value.replace_all_uses_with(q)
+    graph.eliminate_dead_code()
+
+    # Each op's stage: the highest norm whose statistics it depends on.
+    stage_of: dict[Node, int] = {}
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            stage_of[node] = stat_inputs.get(node, 0)
+        elif node.op == "get_attr":
+            stage_of[node] = -1  # constants go wherever they are used
+        elif node.op != "output":
+            deps = [stage_of[a] for a in node.all_input_nodes]
+            stage_of[node] = max(deps, default=0)
+    n_stages = len(norms) + 1
+
+    # Crossings: ops of one stage read by a later one. A quantized crossing is its quantize
+    # node (an int8 map); readers get a fresh dequantize of it in their own stage.
+    crossing_names: dict[Node, str] = {}
+    buffers: dict[str, dict] = {}
+    height = image.meta["val"].shape[-2]
+
+    def crossing(node: Node) -> Node:
+        return node.args[0] if _is(node, _DEQUANTIZE) else node
+
+    for node in graph.nodes:
+        if node.op == "output":
+            continue
+        for arg in node.all_input_nodes:
+            if arg.op in ("placeholder", "get_attr") or stage_of[arg] in (-1, stage_of.get(node)):
+                continue
+            src = crossing(arg)
+            if src not in crossing_names:
+                name = f"map{len(crossing_names)}"
+                crossing_names[src] = name
+                shape = src.meta["val"].shape if "val" in src.meta else _producer(src).meta["val"].shape
+                buffers[name] = {
+                    "stage": stage_of[src],
+                    "scale": height // shape[-2],
+                    "channels": int(shape[1]),
+                    "q": [float(src.args[1]), int(src.args[2])] if _is(src, _QUANTIZE) else None,
+                }
+    norm_inputs = [crossing_names[_value(n.input)] for n in norms]
+
+    graphs, stage_meta = [], []
+    result = out_node.args[0]
+    if isinstance(result, tuple | list):
+        (result,) = result
+    for s in range(n_stages):
+        new = Graph()
+        env: dict[Node, Node] = {}
+        inputs: list[str] = []
+
+        def read(arg: Node, s: int = s, new: Graph = new, env: dict = env, inputs: list = inputs) -> Node:
+            if arg in env:
+                return env[arg]
+            if stage_of[arg] == -1:  # a constant, or an op on constants (a weight's view)
+                env[arg] = (
+                    new.get_attr(arg.target)
+                    if arg.op == "get_attr"
+                    else new.node_copy(arg, lambda a: read(a))
+                )
+                return env[arg]
+            src = crossing(arg) if arg.op != "placeholder" else arg
+            if arg.op == "placeholder" or stage_of[src] < s:
+                name = IMAGE if arg is image else arg.name if arg.op == "placeholder" else crossing_names[src]
+                if src not in env:
+                    env[src] = new.placeholder(name)
+                    inputs.append(name)
+                value = env[src]
+                if _is(src, _QUANTIZE):  # re-read the int8 map at its scale
+                    value = new.call_function(_op(_QUANTIZE), (value, *src.args[1:]))
+                if _is(arg, _DEQUANTIZE):
+                    value = new.call_function(_op(_DEQUANTIZE), (value, *arg.args[1:]))
+                env[arg] = value
+                return value
+            raise AssertionError(f"{arg.name} is computed in a later stage")
+
+        for node in graph.nodes:
+            if node.op in ("placeholder", "get_attr", "output") or stage_of[node] != s:
+                continue
+            for arg in node.all_input_nodes:
+                read(arg)
+            env[node] = new.node_copy(node, lambda a, env=env: env[a])
+        outputs = {name: src for src, name in crossing_names.items() if stage_of[src] == s}
+        out_values = {}
+        for name, src in outputs.items():  # a map leaves quantized: dequantize the int8 map
+            node = env[src]
+            out_values[name] = (
+                new.call_function(_op(_DEQUANTIZE), (node, *src.args[1:])) if _is(src, _QUANTIZE) else node
+            )
+        if s == n_stages - 1:
+            out_values[OUTPUT] = read(result)
+        new.output(out_values)
+        graphs.append(GraphModule(gm, new))
+        stage_meta.append({"inputs": inputs, "outputs": list(out_values)})
+
+    meta = {
+        "stages": stage_meta,
+        "maps": buffers,
+        "norms": [
+            {"input": name, "channels": int(n.mean.meta["val"].shape[1]), "eps": n.eps, "chain": chain}
+            for name, n, chain in zip(norm_inputs, norms, chains, strict=True)
+        ],
+    }
+    return Stages(graphs, meta)
+
+
+def static_graph(net: nn.Module, size: tuple[int, int]) -> GraphModule:
+    """The graph `split` takes, at one (H, W): a torch.export of an FP32 EnhanceNet, or the
+    quantized reference model of a prepared QAT/PTQ graph (`qaie.quantize`)."""
+    example = torch.rand(1, 3, *size)
+    if isinstance(net, GraphModule):
+        from qaie import quantize
+
+        return quantize.convert(quantize.reprepare(net, example, dynamic=False))
+    return torch.export.export(copy.deepcopy(net).eval(), (example,), strict=False).module()
+
+
+class TorchStageRunner:
+    """A network's stages in PyTorch, one split per window size (a `wholephoto.StageRunner`).
+
+    Maps and statistics pass as float32 real values; a quantized graph re-quantizes them at
+    its own scales, so this runs the quantized reference model stage by stage.
+    """
+
+    def __init__(self, net: nn.Module, window_sizes: list[tuple[int, int]]) -> None:
+        self.window_sizes = tuple(window_sizes)
+        self._stages = {size: split(static_graph(net, size)) for size in self.window_sizes}
+        self.meta = next(iter(self._stages.values())).meta
+
+    def quant(self, name: str):
+        from qaie.wholephoto import Quant
+
+        return Quant(np.dtype(np.float32))
+
+    def run(self, stage: int, size: tuple[int, int], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        graph = self._stages[size].graphs[stage]
+        tensors = {
+            k: torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2) for k, v in inputs.items()
+        }
+        outputs = run_stage(graph, tensors)
+        return {k: v.permute(0, 2, 3, 1).contiguous().numpy() for k, v in outputs.items()}
+
+
+def run_stage(graph: GraphModule, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One stage on NCHW tensors, by name."""
+    names = [n.target for n in graph.graph.nodes if n.op == "placeholder"]
+    with torch.no_grad():
+        return graph(*(inputs[name] for name in names))

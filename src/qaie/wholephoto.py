@@ -1,0 +1,275 @@
+"""Whole-photo enhancement in tiles: the network's output on the whole photo, in bounded memory.
+
+The network's instance norms take their statistics over the whole image, so enhancing tiles
+independently computes a different function per tile (tile-shaped tone and colour casts).
+`qaie.split` cuts the network into stages at those statistics; here the stages run one after
+another over overlapping windows of the photo:
+
+    stage 0 over every window -> feature maps (whole photo, int8 for INT8 models)
+    statistics of norm 1 over the whole map -> stage 1 over every window -> ...
+    stage 5 over every window -> the enhanced photo
+
+Each stage is local, so a window's pixels at least `halo` from its inner edges are exact; the
+windows overlap by more than twice that and each pixel is taken from the window that owns it.
+The statistics are computed from the whole map as the reference model computes them (each
+step quantized at its trained scale, from a per-channel histogram of the int8 map). Memory:
+the maps that cross stages (about 40 bytes per pixel for c=32 INT8) plus one window's
+activations, never every activation of the photo.
+
+Torch-free: runners for LiteRT files (qaie.runtime) and for checkpoints (qaie.enhance) both
+implement `StageRunner`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from qaie.errors import QaieError
+
+ALIGN = 8  # the network's coarsest scale is S/8: windows start on this grid
+HALO = 32  # pixels at a window's inner edge that a stage cannot compute exactly (measured <= 24)
+IMAGE = "image"
+OUTPUT = "enhanced"
+Size = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Quant:
+    """How a tensor stores real values: float, or integers q with value = (q - zero_point) * scale."""
+
+    dtype: np.dtype
+    scale: float = 1.0
+    zero_point: int = 0
+
+    @property
+    def is_int(self) -> bool:
+        return self.dtype.kind in "iu"
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        if not self.is_int:
+            return values.astype(self.dtype)
+        info = np.iinfo(self.dtype)
+        q = np.rint(values * (1.0 / self.scale)) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(self.dtype)
+
+    def decode(self, q: np.ndarray) -> np.ndarray:
+        if not self.is_int:
+            return q.astype(np.float64)
+        return (q.astype(np.float64) - self.zero_point) * self.scale
+
+
+class StageRunner(Protocol):
+    """What whole-photo enhancement needs from a model split into stages (`qaie.split`)."""
+
+    meta: dict  # Stages.meta: stages (inputs, outputs), maps, norms
+    window_sizes: tuple[Size, ...]  # window sizes the stages can run at
+
+    def quant(self, name: str) -> Quant:
+        """How the stage tensor `name` (a map, mean{k}, rstd{k}, the image or output) is stored."""
+        ...
+
+    def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Stage `stage` on one window: NHWC (1, h, w, C) arrays by name -> arrays by name."""
+        ...
+
+
+# --- statistics ------------------------------------------------------------------------------------
+
+
+def _fake_quant(values: np.ndarray, q: list | None) -> np.ndarray:
+    """Round to an int8 grid [scale, zero_point] as torch's quantize/dequantize do."""
+    if q is None:
+        return values
+    scale, zero_point = q
+    codes = np.clip(np.rint(values * (1.0 / scale)) + zero_point, -128, 127)
+    return (codes - zero_point) * scale
+
+
+def _histogram(codes: np.ndarray) -> np.ndarray:
+    """(..., C) integer map -> (C, 256) counts of each code per channel (rows in chunks)."""
+    flat = codes.reshape(-1, codes.shape[-1])
+    channels = flat.shape[1]
+    offset = 128 if codes.dtype.kind == "i" else 0
+    index_base = np.arange(channels, dtype=np.int64) * 256 + offset
+    counts = np.zeros(channels * 256, np.int64)
+    step = max(1, (1 << 22) // channels)
+    for start in range(0, len(flat), step):
+        counts += np.bincount((flat[start : start + step] + index_base).ravel(), minlength=channels * 256)
+    return counts.reshape(channels, 256)
+
+
+def norm_statistics(values: np.ndarray, quant: Quant, norm: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 1/sqrt(var + eps) per channel of a whole (H, W, C) map, as real values.
+
+    FP32 (no chain): float64 moments. Quantized: the reference model's steps, each rounded to
+    its scale (mean, x - mean, its square, their mean, + eps, rsqrt), evaluated on the 256
+    possible codes weighted by their counts, which is exact and one pass over the map.
+    """
+    chain = norm["chain"]
+    if chain is None:
+        flat = values.reshape(-1, values.shape[-1])
+        mean = flat.mean(axis=0, dtype=np.float64)
+        var = np.zeros_like(mean)
+        for start in range(0, len(flat), 1 << 16):
+            d = flat[start : start + (1 << 16)].astype(np.float64) - mean
+            var += (d * d).sum(axis=0)
+        var /= len(flat)
+        return mean, 1.0 / np.sqrt(var + norm["eps"])
+    if not quant.is_int:  # a float map of on-grid values (the PyTorch reference model)
+        in_scale, in_zero = chain["input"]
+        quant = Quant(np.dtype(np.int8), in_scale, in_zero)
+        values = quant.encode(values)
+    counts = _histogram(values)  # (C, 256)
+    lowest = -128 if values.dtype.kind == "i" else 0
+    x = quant.decode(np.arange(lowest, lowest + 256))  # the real value of each code
+    n = counts.sum(axis=1)
+    mean = _fake_quant(counts @ x / n, chain["mean"])  # (C,)
+    centered = _fake_quant(x[None, :] - mean[:, None], chain["centered"])  # (C, 256)
+    square = _fake_quant(centered * centered, chain["square"])
+    var = _fake_quant((counts * square).sum(axis=1) / n, chain["var"])
+    eps = _fake_quant(np.float64(norm["eps"]), chain["eps"])
+    var_eps = _fake_quant(var + eps, chain["var_eps"])
+    with np.errstate(divide="ignore"):
+        rstd = _fake_quant(1.0 / np.sqrt(var_eps), chain["rstd"])  # 1/0 -> the largest code
+    return mean, rstd
+
+
+# --- windows ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AxisWindow:
+    """One window along an axis: it starts at `start`; it owns [own_start, own_end)."""
+
+    start: int
+    own_start: int
+    own_end: int
+
+
+def plan_axis(length: int, window: int, halo: int = HALO) -> list[AxisWindow]:
+    """Windows of `window` pixels covering `length` (both multiples of ALIGN): starts on the
+    ALIGN grid, neighbours overlapping by more than 2 * halo + ALIGN, ownership changing hands
+    mid-overlap on the grid, so every owned pixel is at least `halo` from an inner edge."""
+    assert length % ALIGN == 0 and window % ALIGN == 0 and window <= length, (length, window)
+    if window == length:
+        return [AxisWindow(0, 0, length)]
+    overlap = 2 * halo + ALIGN
+    if window - overlap - ALIGN <= 0:
+        raise QaieError(f"window {window} is too small for a halo of {halo} pixels")
+    n = math.ceil((length - window) / (window - overlap - ALIGN)) + 1
+    step = (length - window) / (n - 1)
+    starts = [int(i * step) // ALIGN * ALIGN for i in range(n - 1)] + [length - window]
+    cuts = [0] + [(a + window + b) // 2 // ALIGN * ALIGN for a, b in itertools.pairwise(starts)]
+    cuts.append(length)
+    windows = [AxisWindow(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
+    for i, w in enumerate(windows):
+        assert i == 0 or w.own_start - w.start >= halo, windows
+        assert i == len(windows) - 1 or w.start + window - w.own_end >= halo, windows
+    return windows
+
+
+def window_cost(padded: Size, window: Size) -> int | None:
+    """Pixels the stages compute for a (padded) photo in windows of `window`; None if the
+    window does not fit or is too small to leave an owned core."""
+    if window[0] > padded[0] or window[1] > padded[1]:
+        return None
+    try:
+        rows, cols = plan_axis(padded[0], window[0]), plan_axis(padded[1], window[1])
+    except QaieError:
+        return None
+    return len(rows) * len(cols) * window[0] * window[1]
+
+
+def choose_window(sizes: tuple[Size, ...], padded: Size) -> Size | None:
+    """The window size that computes the fewest pixels for the (padded) photo (overlaps are
+    the overhead; the larger window on a tie), None if none fits."""
+    costs = {s: window_cost(padded, s) for s in sizes}
+    usable = [s for s, cost in costs.items() if cost is not None]
+    return min(usable, key=lambda s: (costs[s], -s[0] * s[1])) if usable else None
+
+
+def _padded_size(h: int, w: int, sizes: tuple[Size, ...]) -> Size:
+    """Up to the ALIGN grid, and up to the smallest window where the photo is smaller."""
+    ph, pw = -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN
+    if choose_window(sizes, (ph, pw)) is None:
+        smallest = min(sizes, key=lambda s: s[0] * s[1])
+        ph, pw = max(ph, smallest[0]), max(pw, smallest[1])
+    return ph, pw
+
+
+# --- the stages over the windows --------------------------------------------------------------------
+
+
+def enhance_whole(
+    runner: StageRunner,
+    pixels: np.ndarray,
+    *,
+    window: Size | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Enhance an RGB photo: uint8 (H, W, 3) -> uint8 (H, W, 3), the whole-photo output.
+
+    The photo is reflect-padded to the ALIGN grid (and to the smallest window when it is
+    smaller); statistics are taken over the photo's own pixels only. `window`: the stage size
+    to use (default: the largest that fits). `progress(done, total)` after each window run.
+    """
+    h, w = pixels.shape[:2]
+    meta = runner.meta
+    ph, pw = _padded_size(h, w, runner.window_sizes)
+    window = window or choose_window(runner.window_sizes, (ph, pw))
+    if window not in runner.window_sizes:
+        raise QaieError(f"window {window} is not a stage size of the model")
+    if (ph, pw) != (h, w):
+        pixels = np.pad(pixels, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
+    rows, cols = plan_axis(ph, window[0]), plan_axis(pw, window[1])
+    stages = meta["stages"]
+    last_use = {name: k for k, stage in enumerate(stages) for name in stage["inputs"]}
+    image_quant = runner.quant(IMAGE)
+    image = image_quant.encode(pixels.astype(np.float32) / np.float32(255.0))  # (ph, pw, 3)
+    maps: dict[str, np.ndarray] = {IMAGE: image}
+    scales = {name: m["scale"] for name, m in meta["maps"].items()} | {IMAGE: 1, OUTPUT: 1}
+    total, done = len(stages) * len(rows) * len(cols), 0
+    for k, stage in enumerate(stages):
+        stats = {}
+        if k > 0:
+            norm = meta["norms"][k - 1]
+            s = scales[norm["input"]]
+            whole = maps[norm["input"]][: -(-h // s), : -(-w // s)]  # the photo's own pixels
+            mean, rstd = norm_statistics(whole, runner.quant(norm["input"]), norm)
+            for name, value in ((f"mean{k}", mean), (f"rstd{k}", rstd)):
+                stats[name] = runner.quant(name).encode(value.reshape(1, 1, 1, -1))
+        for row in rows:
+            for col in cols:
+                inputs = dict(stats)
+                for name in stage["inputs"]:
+                    if name in stats:
+                        continue
+                    s = scales[name]
+                    y, x = row.start // s, col.start // s
+                    inputs[name] = maps[name][None, y : y + window[0] // s, x : x + window[1] // s]
+                outputs = runner.run(k, window, inputs)
+                for name, out in outputs.items():
+                    s = scales[name]
+                    if name not in maps:
+                        maps[name] = np.empty((ph // s, pw // s, out.shape[-1]), out.dtype)
+                    y0, y1, x0, x1 = (
+                        row.own_start // s,
+                        row.own_end // s,
+                        col.own_start // s,
+                        col.own_end // s,
+                    )
+                    oy, ox = row.start // s, col.start // s
+                    maps[name][y0:y1, x0:x1] = out[0, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+                done += 1
+                if progress:
+                    progress(done, total)
+        for name in [n for n in maps if last_use.get(n, -1) <= k and n != OUTPUT]:
+            del maps[name]  # read by no later stage
+    out = runner.quant(OUTPUT).decode(maps[OUTPUT][:h, :w])
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)

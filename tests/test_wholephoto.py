@@ -1,0 +1,173 @@
+"""Whole-photo enhancement: the network split at its norm statistics (qaie.split), run stage
+by stage over windows (qaie.wholephoto), must give the network's whole-image output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import WINDOW
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
+
+from qaie import quantize
+from qaie.checkpoint import load_model
+from qaie.enhance import open_model
+from qaie.errors import QaieError
+from qaie.runtime import TFLiteModel, enhance_image
+from qaie.split import TorchStageRunner
+from qaie.tflite_ops import inspect_tflite
+from qaie.wholephoto import ALIGN, HALO, enhance_whole, plan_axis
+
+pytestmark = pytest.mark.slow
+
+
+def gradient_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour gradients and a bright disc, with mild noise: low-frequency content
+    whose statistics differ from window to window, where per-window norms show as casts."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    disc = ((y - 0.3) ** 2 + (x - 0.6) ** 2 < 0.02) * 90
+    rgb = np.stack([40 + 180 * x + disc, 30 + 150 * y, 200 - 120 * x * y + disc / 2], axis=-1)
+    return np.clip(rgb + rng.normal(0, 4, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def reference(net: torch.nn.Module, pixels: np.ndarray) -> np.ndarray:
+    """The network (FP32, or a quantized reference model) on the whole photo in one pass."""
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        y = net(x)[0].permute(1, 2, 0)
+    return (y * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float("inf") if np.array_equal(a, b) else peak_signal_noise_ratio(a, b)
+
+
+@pytest.mark.parametrize("length", [128, 136, 200, 264, 512, 1000, 2048])
+@pytest.mark.parametrize("window", [128, 256])
+def test_windows_own_every_pixel_once_away_from_inner_edges(length, window):
+    if window > length:
+        pytest.skip("a window larger than the photo is never planned")
+    windows = plan_axis(length, window)
+    owned = np.zeros(length, int)
+    for i, w in enumerate(windows):
+        assert w.start % ALIGN == 0 and w.own_start % ALIGN == 0 and 0 <= w.start <= length - window
+        assert w.start <= w.own_start < w.own_end <= w.start + window
+        assert i == 0 or w.own_start - w.start >= HALO  # inner edges are HALO away
+        assert i == len(windows) - 1 or w.start + window - w.own_end >= HALO
+        owned[w.own_start : w.own_end] += 1
+    assert (owned == 1).all()
+
+
+def test_quantized_stages_are_the_reference_model_exactly(quant_models):
+    """Stage by stage in 128x128 windows, with the statistics computed from the int8 maps'
+    histograms: bit for bit the quantized reference model on the whole 264x336 photo."""
+    photo = gradient_photo(264, 336)
+    whole = reference(quantize.convert(quant_models.qat), photo)
+    staged = enhance_whole(TorchStageRunner(quant_models.qat, [WINDOW]), photo)
+    assert np.array_equal(staged, whole)
+
+
+def test_fp32_stages_are_the_network(quant_models):
+    photo = gradient_photo(200, 344, seed=1)  # 200: padded to 200 (on the grid), 344 wide
+    whole = reference(quant_models.fp32, photo)
+    staged = enhance_whole(TorchStageRunner(quant_models.fp32, [WINDOW]), photo)
+    assert np.abs(staged.astype(int) - whole).max() <= 1  # float rounding of the statistics
+
+
+def test_statistics_are_what_makes_tiles_differ(quant_models, monkeypatch):
+    """The control: the same windows with each window's own statistics (what tiling did)
+    are far from the whole-photo output, so the exact match above is the statistics."""
+    import qaie.wholephoto as wholephoto
+
+    photo = gradient_photo(264, 336)
+    whole = reference(quant_models.fp32, photo)
+    runner = TorchStageRunner(quant_models.fp32, [WINDOW])
+    per_window = {}
+
+    def window_statistics(values, quant, norm):  # statistics of the first window only
+        key = norm["input"]
+        per_window.setdefault(key, original(values[: WINDOW[0] // 2, : WINDOW[1] // 2], quant, norm))
+        return per_window[key]
+
+    original = wholephoto.norm_statistics
+    monkeypatch.setattr(wholephoto, "norm_statistics", window_statistics)
+    assert psnr(enhance_whole(runner, photo), whole) < 40
+
+
+def test_int8_file_is_integer_only_and_whole_photo(quant_models, whole_photo_models):
+    """The deployed path: the INT8 .tflite in LiteRT, stage by stage in windows, against the
+    QAT checkpoint's fake-quant model on the whole photo (the `--tile none` reference)."""
+    ops = inspect_tflite(whole_photo_models["qat"])
+    assert ops.float_ops == 0 and ops.quantize_ops == 0 and ops.dequantize_ops == 0
+    model = TFLiteModel(whole_photo_models["qat"], num_threads=2)
+    assert model.stages is not None and model.stages.window_sizes == (WINDOW,)
+    photo = gradient_photo(600, 808)
+    whole = reference(quantize.convert(quant_models.qat), photo)
+    calls = []
+    out = enhance_image(model, photo, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1][0] == calls[-1][1] == 6 * len(plan_axis(600, 128)) * len(plan_axis(808, 128))
+    assert psnr(out, whole) >= 40  # measured: 50.4 dB (LiteRT's int8 kernels vs torch)
+
+
+def test_fp32_file_is_whole_photo(quant_models, whole_photo_models):
+    model = TFLiteModel(whole_photo_models["fp32"], num_threads=2)
+    photo = gradient_photo(336, 520)
+    assert psnr(enhance_image(model, photo), reference(quant_models.fp32, photo)) >= 40
+
+
+def test_off_grid_photo_differs_only_near_its_padded_edges(quant_models, whole_photo_models):
+    """333x517 is reflect-padded to 336x520 (the stages need sides on the S/8 grid), while the
+    network on 333x517 itself resizes its S/4 maps by non-integer factors: the two differ in
+    a band along the bottom and right edges; away from them the whole-photo output holds."""
+    model = TFLiteModel(whole_photo_models["fp32"], num_threads=2)
+    photo = gradient_photo(333, 517)
+    out, whole = enhance_image(model, photo), reference(quant_models.fp32, photo)
+    assert out.shape == photo.shape
+    inner = (slice(0, -64), slice(0, -64))
+    assert psnr(out[inner], whole[inner]) >= 40
+
+
+def test_checkpoint_windows_match_tile_none(quant_models):
+    """`qaie enhance --model CKPT` (stages in windows) vs `--tile none` (one pass)."""
+    photo = gradient_photo(392, 520, seed=2)
+    windowed = open_model(quant_models.ckpt["qat"], tile=WINDOW)
+    whole = open_model(quant_models.ckpt["qat"], whole=True)
+    assert whole.sizes is None and whole.stages is None
+    assert np.array_equal(enhance_image(windowed, photo), enhance_image(whole, photo))
+
+
+def test_tile_none_is_for_checkpoints(whole_photo_models):
+    with pytest.raises(QaieError, match="--tile none runs a checkpoint"):
+        open_model(whole_photo_models["qat"], whole=True)
+
+
+@pytest.mark.shared_data
+def test_real_iphone_photo(shared_data, quant_models, whole_photo_models):
+    """A real 2048x1536 photo: the INT8 file (windows) and the checkpoint (windows) against
+    the checkpoint on the whole photo."""
+    photo = np.asarray(Image.open(shared_data / "dped-iphone-fullsize" / "12.jpg").convert("RGB"))
+    whole = reference(quantize.convert(quant_models.qat), photo)
+    deployed = enhance_image(TFLiteModel(whole_photo_models["qat"], num_threads=2), photo)
+    assert psnr(deployed, whole) >= 40
+    checkpoint = open_model(quant_models.ckpt["qat"], tile=(512, 512))
+    assert np.array_equal(enhance_image(checkpoint, photo), whole)
+
+
+def test_cli_tile_none_writes_the_reference(tmp_path, quant_models):
+    photo = gradient_photo(136, 200)
+    src = tmp_path / "in.png"
+    Image.fromarray(photo).save(src)
+    out = tmp_path / "out.png"
+    cmd = [sys.executable, "-m", "qaie.cli", "enhance", str(src), "-o", str(out)]
+    done = subprocess.run(
+        [*cmd, "--model", str(quant_models.ckpt["fp32"]), "--tile", "none"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(
+        np.asarray(Image.open(out)), reference(load_model(quant_models.ckpt["fp32"]).net, photo)
+    )
