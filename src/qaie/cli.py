@@ -413,6 +413,29 @@ def _run_export(args: argparse.Namespace) -> None:
     )
 
 
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="the paper's official INT8 .tflite as an FP32 checkpoint")
+    p.add_argument("model", metavar="FILE.tflite", help="an INT8 LiteRT file of the paper's network")
+    p.add_argument("--out", required=True, metavar="CKPT", help="FP32 checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable
+    from qaie.model import param_count
+    from qaie.tflite_import import import_checkpoint
+
+    check_writable(Path(args.out), args.overwrite)
+    imported = import_checkpoint(args.model, args.out)
+    print(
+        f"wrote {args.out} (FP32, width {imported.config.width}, {param_count(imported.net):,} parameters; "
+        f"from {imported.source['file']} sha256 {imported.source['sha256'][:12]})"
+    )
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="op table of a .tflite: dtypes, float ops, quantize/dequantize ops")
     p.add_argument("model", metavar="FILE.tflite")
@@ -603,6 +626,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_camera_stats,
     _add_calibrate,
     _add_export,
+    _add_import,
     _add_inspect,
     _add_parity,
     _add_demo,

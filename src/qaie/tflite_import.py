@@ -39,7 +39,7 @@ def conv_order() -> list[str]:
     names += [f"bottleneck.{c}" for c in _REFINE]
     for dec in ("dec4", "dec2"):
         names += [f"{dec}.up.conv", f"{dec}.{FUSED}", *(f"{dec}.refine.{c}" for c in _REFINE)]
-    return names + ["up1.conv", "head"]
+    return [*names, "up1.conv", "head"]
 
 
 @dataclass(frozen=True)
