@@ -156,3 +156,16 @@ def quant_models(tmp_path_factory: pytest.TempPathFactory):  # -> QuantModels (t
     export_tflite(ptq, "int8", QUANT_SIZES, tflite["ptq"], source_checkpoint=str(ckpt["ptq"]))
     export_tflite(qat, "int8", QUANT_SIZES, tflite["qat"], source_checkpoint=str(ckpt["qat"]))
     return QuantModels(fp32, ptq, qat, x, ckpt, tflite)
+
+
+SHARED_MODELS = Path(os.environ.get("QAIE_SHARED_MODELS", REPO.parent / "shared" / "models"))
+
+
+@pytest.fixture(scope="session")
+def official_models() -> Path:
+    """../shared/models/qatie: the paper's official INT8 files (never copied into the repo);
+    skips the test where it is absent."""
+    folder = SHARED_MODELS / "qatie"
+    if not (folder / "model_with_qat_c32_int8_100x100.tflite").is_file():
+        pytest.skip(f"the paper's official .tflite files are not present at {folder}")
+    return folder
