@@ -398,6 +398,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--calibrate", metavar="SPEC", help="INT8 from an FP32 checkpoint: PTQ on this data")
     p.add_argument("--calibrate-images", type=int, default=128, help="PTQ training crops (default 128)")
+    p.add_argument("--calibrate-crop", type=int, default=100, help="PTQ crop size (default 100, as DPED)")
     p.add_argument("--uint8-io", action="store_true", help="INT8: uint8 input/output instead of int8")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)
@@ -420,7 +421,9 @@ def _run_export(args: argparse.Namespace) -> None:
             raise QaieError(f"{args.checkpoint}: FP32 checkpoint; INT8 needs PTQ data, pass --calibrate SPEC")
         from qaie.quantize import calibration_batches
 
-        calibration = calibration_batches(args.calibrate, images=args.calibrate_images)
+        calibration = calibration_batches(
+            args.calibrate, images=args.calibrate_images, crop=args.calibrate_crop
+        )
     result = export_tflite(
         loaded.net,
         args.format,
