@@ -114,14 +114,6 @@ def test_imported_network_is_the_official_one_on_100x100_patches(official_models
     assert scores["swapped"] < scores["imported"] - 7  # measured 18.11 dB
 
 
-@pytest.mark.slow
-def test_imported_network_is_the_official_one_on_a_portrait_frame(official_models, shared_data):
-    scores = _fidelity(official_models / LARGE, (1920, 1080), shared_data / "dped-iphone-fullsize", 1)
-    assert scores["imported"] > 27.0
-    assert scores["perturbed"] < scores["imported"] - 3
-    assert scores["swapped"] < scores["imported"] - 5
-
-
 def test_runtime_runs_both_official_layouts(official_models):
     from ai_edge_litert.interpreter import Interpreter
 
