@@ -173,3 +173,16 @@ def whole_photo_models(quant_models, tmp_path_factory: pytest.TempPathFactory) -
     export_tflite(quant_models.qat, "int8", [WINDOW], paths["qat"])
     export_tflite(quant_models.fp32, "fp32", [WINDOW], paths["fp32"])
     return paths
+
+
+SHARED_MODELS = Path(os.environ.get("QAIE_SHARED_MODELS", REPO.parent / "shared" / "models"))
+
+
+@pytest.fixture(scope="session")
+def official_models() -> Path:
+    """../shared/models/qatie: the paper's official INT8 files (never copied into the repo);
+    skips the test where it is absent."""
+    folder = SHARED_MODELS / "qatie"
+    if not (folder / "model_with_qat_c32_int8_100x100.tflite").is_file():
+        pytest.skip(f"the paper's official .tflite files are not present at {folder}")
+    return folder

@@ -9,6 +9,7 @@ A checkpoint carries its own configuration, so it rebuilds itself (as nanoGPT's 
     quant         None (FP32 EnhanceNet) | "qat" | "ptq" (a prepared PT2E GraphModule)
     state_dict    the network's state dict (no prefix): EnhanceNet's, or the prepared graph's
                   (weights plus fake-quant / observer scales)
+    source        optional: where imported weights came from (`qaie import`: file, sha256, how)
 
 Checkpoints written by `qaie train` are Lightning checkpoints with these keys added at the
 top level (plus Lightning's own: epoch, optimizer and scheduler states, callbacks, loops),
@@ -74,9 +75,12 @@ def save_model(
     quant: str | None = None,
     *,
     train_config: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> None:
     """Write `net` (EnhanceNet or a prepared GraphModule) as a checkpoint, atomically."""
     checkpoint = header(config, quant, train_config)
+    if source is not None:
+        checkpoint["source"] = source
     checkpoint["state_dict"] = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)

@@ -307,8 +307,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="checkpoint (.ckpt) or exported model (.tflite)")
     p.add_argument("--data", required=True, help="data spec: builtin | synthetic:DIR | pairs:DIR | dped:DIR")
     p.add_argument("--split", default="test", choices=("test", "val"), help="default test")
-    p.add_argument("--crop", type=int, help="centre crop size (default: whole images)")
+    p.add_argument(
+        "--crop", metavar="N|HxW", help="centre crop (default: whole images; HxW for photos: data)"
+    )
     p.add_argument("--limit", type=int, help="first N images only")
+    p.add_argument(
+        "--reference", metavar="REF", help="checkpoint or .tflite: PSNR/SSIM against its output, not targets"
+    )
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(handler=_run_evaluate)
@@ -318,18 +323,44 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.data import make_dataset
+    from qaie.data import make_dataset, parse_spec
     from qaie.evaluate import evaluate, predictor_for
+    from qaie.runtime import parse_size
     from qaie.train import VAL_SEED
 
     if args.json:
         check_writable(Path(args.json), overwrite=args.overwrite)
+    spec = parse_spec(args.data)
+    if spec.kind == "photos" and not args.reference:
+        raise QaieError(
+            f"{args.data}: photos have no targets; pass --reference REF (a checkpoint or .tflite)"
+        )
+    crop = parse_size(args.crop, "--crop") if args.crop else None
     predict = predictor_for(args.model)
-    dataset = make_dataset(args.data, args.split, crop=args.crop, seed=VAL_SEED, limit=args.limit)
+    dataset = make_dataset(spec, args.split, crop=crop, seed=VAL_SEED, limit=args.limit)
+    if args.reference:
+        _run_fidelity(args, predict, dataset)
+        return
     result = evaluate(predict, dataset, model=args.model, data=args.data, split=args.split)
     print(f"{args.model} on {args.data} ({args.split}, {result.n_images} images)")
     print(f"  model: PSNR {result.psnr:.3f} dB  SSIM {result.ssim:.4f}")
     print(f"  input: PSNR {result.input_psnr:.3f} dB  SSIM {result.input_ssim:.4f}  (baseline)")
+    print(f"  convention: {result.convention}")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def _run_fidelity(args: argparse.Namespace, predict, dataset) -> None:
+    from qaie.atomic import write_text_atomic
+    from qaie.evaluate import evaluate_fidelity, predictor_for
+
+    reference = predictor_for(args.reference)
+    result = evaluate_fidelity(
+        predict, reference, dataset, model=args.model, reference_name=args.reference, data=args.data,
+        split=args.split,
+    )  # fmt: skip
+    print(f"{args.model} vs {args.reference} on {args.data} ({args.split}, {result.n_images} images)")
+    print(f"  fidelity: PSNR {result.psnr:.3f} dB  SSIM {result.ssim:.4f}")
     print(f"  convention: {result.convention}")
     if args.json:
         write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
@@ -373,6 +404,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--calibrate", metavar="SPEC", help="INT8 from an FP32 checkpoint: PTQ on this data")
     p.add_argument("--calibrate-images", type=int, default=128, help="PTQ training crops (default 128)")
+    p.add_argument("--calibrate-crop", type=int, default=100, help="PTQ crop size (default 100, as DPED)")
     p.add_argument("--uint8-io", action="store_true", help="INT8: uint8 input/output instead of int8")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)
@@ -395,7 +427,9 @@ def _run_export(args: argparse.Namespace) -> None:
             raise QaieError(f"{args.checkpoint}: FP32 checkpoint; INT8 needs PTQ data, pass --calibrate SPEC")
         from qaie.quantize import calibration_batches
 
-        calibration = calibration_batches(args.calibrate, images=args.calibrate_images)
+        calibration = calibration_batches(
+            args.calibrate, images=args.calibrate_images, crop=args.calibrate_crop
+        )
     result = export_tflite(
         loaded.net,
         args.format,
@@ -416,6 +450,29 @@ def _run_export(args: argparse.Namespace) -> None:
     print(
         f"  ops: {result.ops.total_ops}, float {result.ops.float_ops}, quantize {result.ops.quantize_ops}"
         f" (requantize {result.ops.requantize_ops}), dequantize {result.ops.dequantize_ops}"
+    )
+
+
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="the paper's official INT8 .tflite as an FP32 checkpoint")
+    p.add_argument("model", metavar="FILE.tflite", help="an INT8 LiteRT file of the paper's network")
+    p.add_argument("--out", required=True, metavar="CKPT", help="FP32 checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=_run_import)
+
+
+def _run_import(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable
+    from qaie.model import param_count
+    from qaie.tflite_import import import_checkpoint
+
+    check_writable(Path(args.out), args.overwrite)
+    imported = import_checkpoint(args.model, args.out)
+    print(
+        f"wrote {args.out} (FP32, width {imported.config.width}, {param_count(imported.net):,} parameters; "
+        f"from {imported.source['file']} sha256 {imported.source['sha256'][:12]})"
     )
 
 
@@ -609,6 +666,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_camera_stats,
     _add_calibrate,
     _add_export,
+    _add_import,
     _add_inspect,
     _add_parity,
     _add_demo,

@@ -5,6 +5,8 @@
     synthetic:FOLDER                clean photos degraded by the camera model (qaie.degrade)
     pairs:FOLDER                    FOLDER/input/NAME.ext with FOLDER/target/NAME.ext
     dped:FOLDER[:iphone|blackberry|sony]   the DPED patch layout (default phone: iphone)
+    photos:FOLDER                   unlabelled photos, no targets (calibration, fidelity to a
+                                    reference model; qaie.photos)
 
 Every source becomes a list of `Sample`s served by one `PairDataset`. Pairs are matched by
 file stem, never by directory order, and checked when the dataset is built (partners, sizes
@@ -29,12 +31,15 @@ import torch
 from qaie.degrade import CameraModel, Frame, degrade, psf_radius
 from qaie.errors import QaieError, QaieWarning
 from qaie.imageio import MIN_SIZE, image_size, list_images, read_header, read_rgb
+from qaie.photos import PhotoDataset
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
-KINDS = ("builtin", "synthetic", "pairs", "dped")
+KINDS = ("builtin", "synthetic", "pairs", "dped", "photos")
 PHONES = ("iphone", "blackberry", "sony")
-SPEC_SYNTAX = "builtin | synthetic:FOLDER | pairs:FOLDER | dped:FOLDER[:iphone|blackberry|sony]"
+SPEC_SYNTAX = (
+    "builtin | synthetic:FOLDER | pairs:FOLDER | dped:FOLDER[:iphone|blackberry|sony] | photos:FOLDER"
+)
 DEFAULT_CROP = 100  # the DPED patch size
 
 # Flat folders without train/val/test subfolders are split by a hash of the file stem: files
@@ -130,16 +135,17 @@ def make_dataset(
     spec: str | DataSpec,
     split: Split,
     *,
-    crop: int | None,
+    crop: int | tuple[int, int] | None,
     seed: int = 0,
     repeats: int = 1,
     limit: int | None = None,
     camera: CameraModel | None = None,
-) -> PairDataset:
+) -> PairDataset | PhotoDataset:
     """The `split` of the data `spec` names, checked and ready to serve.
 
     Args:
         crop: train: random crop size (DPED: 100); val/test: fixed centre crop. None: whole images.
+            (H, W): a rectangle, for photos: data only (it turns photos to the crop's orientation).
         seed: all randomness derives from it (with the epoch and index in training).
         repeats: crops drawn per image per epoch (small datasets).
         limit: keep the first `limit` names (sorted), for quick runs.
@@ -148,11 +154,17 @@ def make_dataset(
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if split not in SPLITS:
         raise QaieError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if crop is not None and crop < MIN_SIZE:
+    crop_hw = (crop, crop) if isinstance(crop, int) else crop
+    if crop_hw is not None and min(crop_hw) < MIN_SIZE:
         raise QaieError(f"crop must be at least {MIN_SIZE} pixels (the network's minimum size), got {crop}")
     for name, value, least in (("seed", seed, 0), ("repeats", repeats, 1), ("limit", limit, 1)):
         if value is not None and value < least:
             raise QaieError(f"{name} must be at least {least}, got {value}")
+    if spec.kind == "photos":
+        return _photo_dataset(spec, split, crop_hw, seed, repeats, limit)
+    if crop_hw is not None and crop_hw[0] != crop_hw[1]:
+        raise QaieError(f"crop {crop_hw[0]}x{crop_hw[1]}: rectangular crops are for photos: data only")
+    crop = crop_hw[0] if crop_hw else None
 
     if spec.kind == "builtin":
         samples = _builtin_samples(split)
@@ -274,6 +286,20 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 # --- sources ------------------------------------------------------------------------------------
+
+
+def _photo_dataset(
+    spec: DataSpec, split: Split, crop: tuple[int, int] | None, seed: int, repeats: int, limit: int | None
+) -> PhotoDataset:
+    """Every split is the whole folder (qaie.photos): there is no training on photos."""
+    paths = list(_by_stem(spec.path).values())[:limit]
+    if not paths:
+        raise QaieError(f"{spec.path}: no images (photos:FOLDER takes a folder of photos)")
+    decoded = 0
+    for path in paths:
+        header = read_header(path)
+        decoded += header.width * header.height * 3
+    return PhotoDataset(paths, split, crop, seed, repeats, cache=decoded <= CACHE_BYTES)
 
 
 def _builtin_samples(split: Split) -> list[Sample]:

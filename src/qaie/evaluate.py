@@ -41,6 +41,24 @@ class EvalResult:
         return asdict(self)
 
 
+@dataclass
+class FidelityResult:
+    """Means over the images of MODEL's output against REFERENCE's output on the same input
+    (no targets needed: `qaie evaluate --reference`)."""
+
+    psnr: float
+    ssim: float
+    n_images: int
+    convention: str
+    data: str
+    split: str
+    model: str
+    reference: str
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
 def checkpoint_predictor(path: str | os.PathLike) -> Predictor:
     """A checkpoint's network; a QAT/PTQ one as its quantized reference model (int8 simulated)."""
     from qaie.checkpoint import load_model
@@ -103,3 +121,29 @@ def evaluate(
     return EvalResult(
         *means.tolist(), n_images=n, convention=metrics.CONVENTION, data=data, split=split, model=model
     )
+
+
+def evaluate_fidelity(
+    predict: Predictor,
+    reference: Predictor,
+    dataset: torch.utils.data.Dataset,
+    *,
+    model: str,
+    reference_name: str,
+    data: str,
+    split: str,
+    progress: bool = True,
+) -> FidelityResult:
+    """Mean PSNR/SSIM of `predict`'s outputs against `reference`'s, whole image to whole image
+    (each model sees the same whole input: instance norms make outputs depend on all of it)."""
+    sums = np.zeros(2)
+    n = len(dataset)
+    for i in tqdm(range(n), desc="fidelity", unit="image", disable=not progress):
+        x = dataset[i][0][None]  # (1, 3, H, W)
+        pred, ref = predict(x), reference(x)
+        sums += [float(metrics.psnr(pred, ref)[0]), float(metrics.ssim(pred, ref)[0])]
+    means = sums / n
+    return FidelityResult(
+        *means.tolist(), n_images=n, convention=metrics.CONVENTION, data=data, split=split, model=model,
+        reference=reference_name,
+    )  # fmt: skip

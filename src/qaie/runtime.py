@@ -132,6 +132,7 @@ class Signature:
     output_name: str
     input: PixelCodec
     output: PixelCodec
+    output_nchw: bool = False  # (1, 3, H, W) output, as in the paper's official 100x100 file
 
 
 def _usable_signature(key: str, runner) -> Signature | None:
@@ -140,12 +141,14 @@ def _usable_signature(key: str, runner) -> Signature | None:
         return None
     (in_name, in_det), (out_name, out_det) = *inputs.items(), *outputs.items()
     shape = tuple(int(d) for d in in_det["shape"])
-    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or tuple(out_det["shape"]) != shape:
+    out_shape = tuple(int(d) for d in out_det["shape"])
+    nchw = len(shape) == 4 and out_shape == (1, 3, *shape[1:3])
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or (out_shape != shape and not nchw):
         return None
     codec_in, codec_out = PixelCodec.from_details(in_det), PixelCodec.from_details(out_det)
     if codec_in is None or codec_out is None:
         return None
-    return Signature(key, (shape[1], shape[2]), in_name, out_name, codec_in, codec_out)
+    return Signature(key, (shape[1], shape[2]), in_name, out_name, codec_in, codec_out, nchw)
 
 
 class TileModel(Protocol):
@@ -260,7 +263,8 @@ class TFLiteModel:
         sig = self.signatures.get(size)
         assert sig is not None and tile.shape[2:] == (3,) and tile.dtype == np.uint8, tile.shape
         result = self._runners[size](**{sig.input_name: sig.input.encode(tile)[None]})  # (1, H, W, 3)
-        return sig.output.decode(result[sig.output_name][0])
+        out = result[sig.output_name][0]
+        return sig.output.decode(out.transpose(1, 2, 0) if sig.output_nchw else out)
 
 
 def check_tile(model: TileModel, tile: Size) -> None:
