@@ -199,8 +199,10 @@ CASES = [
     ("enhance-tile-not-exported", [*ENHANCE, "--tile", "64x64"],
      "qaie enhance: error: tile 64x64 is not an exported size of the model (96x96, 192x256)"),
     ("enhance-tile-too-small", [*ENHANCE[:4], "--model", "{ckpt}", "--tile", "16x16"],
-     "qaie enhance: error: {photo}: tile 16x16 is too small to tile a 160x120 image; tiles need both "
-     "sides at least 24"),
+     "qaie enhance: error: --tile 16x16: windows need sides that are multiples of 8 and at least 88"),
+    ("enhance-tile-none-tflite", [*ENHANCE, "--tile", "none"],
+     "qaie enhance: error: --tile none runs a checkpoint on the whole photo in one pass; a .tflite has "
+     "fixed sizes (it computes the whole-photo output in windows by itself)"),
     ("enhance-quality", [*ENHANCE, "--quality", "101"], "qaie enhance: error: quality must be in 1..100, got 101"),
     # evaluate
     ("evaluate-missing-ckpt", ["evaluate", "missing.ckpt", "--data", "builtin"],
@@ -219,7 +221,7 @@ CASES = [
      "qaie evaluate: error: nodir: data folder does not exist (data spec 'pairs:nodir')"),
     ("evaluate-bad-spec", ["evaluate", "{ckpt}", "--data", "photos"],
      "qaie evaluate: error: data spec 'photos': expected builtin | synthetic:FOLDER | pairs:FOLDER | "
-     "dped:FOLDER[:iphone|blackberry|sony]"),
+     "dped:FOLDER[:iphone|blackberry|sony] | photos:FOLDER"),
     ("evaluate-missing-partner", ["evaluate", "{ckpt}", "--data", "pairs:{pairs_missing}"],
      "qaie evaluate: error: {pairs_missing}/input/3.png: no partner named 3.* in {pairs_missing}/target "
      "(pairs are matched by name)"),
@@ -229,7 +231,7 @@ CASES = [
     ("evaluate-corrupt-pair", ["evaluate", "{ckpt}", "--data", "pairs:{pairs_corrupt}"],
      re.compile(r"qaie evaluate: error: {pairs_corrupt}/target/8.png: " + DECODE)),
     ("evaluate-crop-4", [*EVALUATE[:4], "--crop", "4"],
-     "qaie evaluate: error: crop must be at least 8 pixels (the network's minimum size), got 4"),
+     "qaie evaluate: error: --crop '4': expected HxW with both sides at least 8 (e.g. 256x256)"),
     ("evaluate-crop-too-big", [*EVALUATE[:4], "--crop", "5000"],
      re.compile(r"qaie evaluate: error: .+\.(png|jpg): \d+x\d+ pixels are fewer than the 5000x5000 crop; "
                 r"use a smaller --crop or remove the image")),

@@ -224,15 +224,14 @@ def test_tflite_path_never_imports_torch(tmp_path, tiny_tflite):
 
 
 def test_checkpoint_model_matches_its_tflite(tmp_path, tiny_tflite, tiny_checkpoint):
-    src = _photo(tmp_path / "cat.png", (150, 200))
-    for model in (tiny_tflite, tiny_checkpoint):
-        assert (
-            _enhance(src, "-o", tmp_path / f"{model.suffix[1:]}.png", "--model", model, "--tile", "96x96")
-            == 0
-        )
+    """A photo of an exported size: the file runs it in one call, the checkpoint with --tile
+    none in one pass (whole image to whole image)."""
+    src = _photo(tmp_path / "cat.png", (192, 256))
+    assert _enhance(src, "-o", tmp_path / "tflite.png", "--model", tiny_tflite) == 0
+    assert _enhance(src, "-o", tmp_path / "ckpt.png", "--model", tiny_checkpoint, "--tile", "none") == 0
     from_tflite = np.asarray(Image.open(tmp_path / "tflite.png"))
     from_checkpoint = np.asarray(Image.open(tmp_path / "ckpt.png"))
-    assert from_checkpoint.shape == (150, 200, 3)
+    assert from_checkpoint.shape == (192, 256, 3)
     assert np.abs(from_tflite.astype(np.int16) - from_checkpoint).max() <= 1  # float vs float: rounding
 
 

@@ -33,10 +33,12 @@ def test_int8_is_integer_only(quant_models, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def cli_uint8(quant_models, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`qaie export` of the QAT checkpoint at the first size with uint8 I/O, and its stdout."""
+    """`qaie export` of the QAT checkpoint at the first size with uint8 I/O, and its stdout
+    (whole signatures only: the stage signatures are tested in test_wholephoto.py)."""
     out = tmp_path_factory.mktemp("cli") / "qat_uint8.tflite"
     size = "x".join(map(str, QUANT_SIZES[0]))
     args = ["export", str(quant_models.ckpt["qat"]), "--format", "int8", "--size", size, "--uint8-io"]
+    args.append("--no-stages")
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
         assert main([*args, "--out", str(out)]) == 0
     return out, stdout.getvalue()

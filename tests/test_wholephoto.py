@@ -20,7 +20,7 @@ from qaie.errors import QaieError
 from qaie.runtime import TFLiteModel, enhance_image
 from qaie.split import TorchStageRunner
 from qaie.tflite_ops import inspect_tflite
-from qaie.wholephoto import ALIGN, HALO, enhance_whole, plan_axis
+from qaie.wholephoto import ALIGN, HALO, Quant, enhance_whole, norm_statistics, plan_axis
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +61,30 @@ def test_windows_own_every_pixel_once_away_from_inner_edges(length, window):
         assert i == len(windows) - 1 or w.start + window - w.own_end >= HALO
         owned[w.own_start : w.own_end] += 1
     assert (owned == 1).all()
+
+
+def test_norm_statistics_follow_the_reference_chain():
+    """From the map's code histogram, each step rounded to its scale as torch's fake-quant
+    rounds it: the same mean and rstd codes as the chain computed on every pixel in torch."""
+    rng = np.random.default_rng(0)
+    codes = rng.normal(-20, 30, (37, 53, 5)).clip(-128, 127).astype(np.int8)
+    q = {"input": [0.05, -10], "mean": [0.01, 3], "centered": [0.04, 0], "square": [0.5, -128],
+         "var": [0.4, -128], "var_eps": [0.4, -128], "rstd": [0.02, -128], "eps": [1e-7, -128]}  # fmt: skip
+    norm = {"eps": 1e-5, "chain": q}
+
+    def fq(t: torch.Tensor, step: str) -> torch.Tensor:
+        scale, zero_point = q[step]
+        return torch.fake_quantize_per_tensor_affine(t, scale, zero_point, -128, 127)
+
+    x = (torch.from_numpy(codes).double() - q["input"][1]) * q["input"][0]  # (H, W, C)
+    mean = fq(x.mean(dim=(0, 1)), "mean")
+    centered = fq(x - mean, "centered")
+    var = fq(fq(centered * centered, "square").mean(dim=(0, 1)), "var")
+    rstd = fq(torch.rsqrt(fq(var + fq(torch.tensor(1e-5).double(), "eps"), "var_eps")), "rstd")
+    got_mean, got_rstd = norm_statistics(codes, Quant(np.dtype(np.int8), *q["input"]), norm)
+    for got, want, step in ((got_mean, mean, "mean"), (got_rstd, rstd, "rstd")):  # the same codes
+        np.testing.assert_array_equal(np.rint(got / q[step][0]), np.rint(want.numpy() / q[step][0]))
+    assert len(np.unique(got_rstd)) > 1  # the channels differ: not a constant that always matches
 
 
 def test_quantized_stages_are_the_reference_model_exactly(quant_models):

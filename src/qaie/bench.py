@@ -4,8 +4,9 @@ Each (frame size, threads) configuration runs in a fresh Python process, so its 
 (`getrusage` maxrss) belongs to that configuration alone: `peak_rss_mb` is the whole
 process, `model_rss_mb` the growth over the process after importing the runtime (the
 interpreter, its tensor arenas, the frame and the tiling buffers). A frame of an exported size
-is one interpreter call; a smaller one is padded, a larger one enhanced in tiles
-(`enhance_image`), which is what a user of that frame size gets. Times include the
+is one interpreter call; a smaller one is padded, a larger one enhanced stage by stage in
+windows (a file with stage signatures) or in tiles (`enhance_image`), which is what a user of
+that frame size gets. Times include the
 uint8 <-> model-tensor conversion; warm-up runs are excluded.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.runtime import Size, TFLiteModel, choose_tile, enhance_image, format_size, plan_tiles
+from qaie.wholephoto import choose_window, padded_size, plan_axis
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,13 @@ class BenchReport:
 
 
 def frame_mode(model: TFLiteModel, size: Size) -> tuple[str, Size, int]:
-    """How a frame of `size` runs: mode, the exported size used, and interpreter calls per frame."""
+    """How a frame of `size` runs: mode, the exported size used (tile, or stage window), and
+    interpreter calls per frame."""
+    if model.stages is not None and size not in model.sizes:
+        padded = padded_size(*size, model.stages.window_sizes)
+        window = choose_window(model.stages.window_sizes, padded)
+        calls = len(plan_axis(padded[0], window[0])) * len(plan_axis(padded[1], window[1]))
+        return "stages", window, calls * len(model.stages.meta["stages"])
     tile = choose_tile(model.sizes, size)
     plan = plan_tiles(size, tile)
     mode = "direct" if size == tile else "padded" if plan.count == 1 else "tiled"
@@ -126,7 +134,7 @@ def measure(path: Path, size: Size, threads: int, runs: int, warmup: int) -> Ben
     times = []
     for i in range(warmup + runs):
         start = time.perf_counter()
-        enhance_image(model, frame, tile=tile)
+        enhance_image(model, frame, tile=None if mode == "stages" else tile)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1000)
     p10, median, p90 = np.percentile(times, [10, 50, 90])

@@ -406,6 +406,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate-images", type=int, default=128, help="PTQ training crops (default 128)")
     p.add_argument("--calibrate-crop", type=int, default=100, help="PTQ crop size (default 100, as DPED)")
     p.add_argument("--uint8-io", action="store_true", help="INT8: uint8 input/output instead of int8")
+    p.add_argument(
+        "--no-stages",
+        action="store_true",
+        help="only the whole-image signatures: larger photos are then tiled, each tile normalised "
+        "by its own statistics (default: also the stage signatures, for whole-photo output)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)
 
@@ -438,12 +444,17 @@ def _run_export(args: argparse.Namespace) -> None:
         uint8_io=args.uint8_io,
         calibration=calibration,
         source_checkpoint=str(args.checkpoint),
+        stages=not args.no_stages,
     )
     kind = f"int8 ({result.quant})" if result.quant else "fp32"
     print(
         f"wrote {result.path} ({kind}, {result.file_bytes} bytes, {result.seconds:.1f} s) and {result.sidecar}"
     )
     print(f"  signatures: {', '.join(result.signatures)}")
+    if result.stages:
+        print(
+            f"  stages: {len(result.stages['stages'])} per size (whole-photo output in windows of each size)"
+        )
     io = result.io
     q = f" scale {io['scale']:.8g} zero point {io['zero_point']}" if io["scale"] else ""
     print(f"  I/O: {io['input']} -> {io['output']}, (1, H, W, 3) {io['layout']} {io['dtype']}{q}")

@@ -20,6 +20,7 @@ from qaie.errors import QaieError
 from qaie.imageio import IMAGE_EXTENSIONS, list_images, read_rgb, write_image
 from qaie.models import default_model
 from qaie.runtime import Size, TFLiteModel, TileModel, check_tile, enhance_image
+from qaie.wholephoto import check_window
 
 CHECKPOINT_TILE = (512, 512)  # PyTorch runs any size; tiles bound its activation memory
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -64,6 +65,8 @@ class CheckpointModel:
         from qaie.evaluate import checkpoint_predictor
         from qaie.split import TorchStageRunner
 
+        if window is not None:
+            check_window(window)
         self._predict = checkpoint_predictor(path)
         self.sizes = None if window is None else (window,)
         self.stages = None if window is None else TorchStageRunner(load_model(path).net, [window])

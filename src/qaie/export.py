@@ -46,6 +46,7 @@ from qaie.errors import QaieError
 from qaie.model import EnhanceNet
 from qaie.runtime import sidecar_path
 from qaie.tflite_ops import OpTable, inspect_tflite
+from qaie.wholephoto import is_window
 
 Format = Literal["fp32", "int8"]
 Size = tuple[int, int]  # (H, W)
@@ -227,7 +228,7 @@ def _int8_graphs(
     for size in sizes:  # converted graphs have fixed shapes: one per size, same quant params
         static = quantize.convert(quantize.reprepare(prepared, torch.rand(1, 3, *size), dynamic=False))
         graphs[signature_name(size)] = (_NhwcIo(static), _whole_sample(size))
-        if stages:
+        if stages and is_window(size):
             stage_graphs, meta = _stage_graphs(static, size)
             graphs |= stage_graphs
     return graphs, mode, config, meta
@@ -264,9 +265,11 @@ def export_tflite(
         uint8_io: INT8 only: uint8 input/output (zero point 0) instead of int8 (-128).
         calibration: (B, 3, h, w) batches in [0, 1] for PTQ (any h, w).
         source_checkpoint: recorded in the sidecar.
-        stages: also export each size's stage signatures ``stage{k}_{H}x{W}`` (qaie.split),
-            with which the runtime enhances photos of any size as one whole photo. Without
-            them a larger photo is enhanced tile by tile, each tile with its own statistics.
+        stages: also export the stage signatures ``stage{k}_{H}x{W}`` (qaie.split) of each
+            size that can be a window (`wholephoto.is_window`: sides multiples of 8, at least
+            88), with which the runtime enhances photos of any size as one whole photo.
+            Without them a larger photo is enhanced tile by tile, each tile with its own
+            statistics.
     """
     out = Path(out)
     check_output(out)
@@ -286,7 +289,7 @@ def export_tflite(
         graphs, meta = {}, None
         for size in sizes:
             graphs[signature_name(size)] = (_NhwcIo(net), _whole_sample(size))
-            if stages:
+            if stages and is_window(size):
                 stage_graphs, meta = _stage_graphs(split.static_graph(net, size), size)
                 graphs |= stage_graphs
         with torch.no_grad():

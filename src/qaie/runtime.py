@@ -386,13 +386,13 @@ def enhance_image(
     """
     h, w = check_pixels(pixels)
     stages = getattr(model, "stages", None)
-    if stages is not None:
-        return enhance_whole(stages, pixels, window=tile, progress=progress)
-    if model.sizes is None:  # any size in one pass (a checkpoint with --tile none)
-        out = model.run(pixels)
+    if model.sizes is None or ((h, w) in model.sizes and tile in (None, (h, w))):
+        out = model.run(pixels)  # one pass over the whole photo: any size, or an exported one
         if progress:
             progress(1, 1)
         return out
+    if stages is not None:
+        return enhance_whole(stages, pixels, window=tile, progress=progress)
     tile = tile or choose_tile(model.sizes, (h, w))
     check_tile(model, tile)
     plan = plan_tiles((h, w), tile, overlap)

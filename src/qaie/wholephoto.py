@@ -142,6 +142,21 @@ def norm_statistics(values: np.ndarray, quant: Quant, norm: dict) -> tuple[np.nd
 
 # --- windows ----------------------------------------------------------------------------------------
 
+MIN_WINDOW = 2 * HALO + 3 * ALIGN  # two halos, the overlap's slack and an owned core
+
+
+def is_window(size: Size) -> bool:
+    """Whether stages can run in windows of `size`: sides on the ALIGN grid, room for halos."""
+    return all(side % ALIGN == 0 and side >= MIN_WINDOW for side in size)
+
+
+def check_window(size: Size) -> None:
+    if not is_window(size):
+        raise QaieError(
+            f"--tile {size[0]}x{size[1]}: windows need sides that are multiples of {ALIGN} and at "
+            f"least {MIN_WINDOW}"
+        )
+
 
 @dataclass(frozen=True)
 class AxisWindow:
@@ -194,7 +209,7 @@ def choose_window(sizes: tuple[Size, ...], padded: Size) -> Size | None:
     return min(usable, key=lambda s: (costs[s], -s[0] * s[1])) if usable else None
 
 
-def _padded_size(h: int, w: int, sizes: tuple[Size, ...]) -> Size:
+def padded_size(h: int, w: int, sizes: tuple[Size, ...]) -> Size:
     """Up to the ALIGN grid, and up to the smallest window where the photo is smaller."""
     ph, pw = -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN
     if choose_window(sizes, (ph, pw)) is None:
@@ -221,7 +236,7 @@ def enhance_whole(
     """
     h, w = pixels.shape[:2]
     meta = runner.meta
-    ph, pw = _padded_size(h, w, runner.window_sizes)
+    ph, pw = padded_size(h, w, runner.window_sizes)
     window = window or choose_window(runner.window_sizes, (ph, pw))
     if window not in runner.window_sizes:
         raise QaieError(f"window {window} is not a stage size of the model")
@@ -230,9 +245,9 @@ def enhance_whole(
     rows, cols = plan_axis(ph, window[0]), plan_axis(pw, window[1])
     stages = meta["stages"]
     last_use = {name: k for k, stage in enumerate(stages) for name in stage["inputs"]}
-    image_quant = runner.quant(IMAGE)
-    image = image_quant.encode(pixels.astype(np.float32) / np.float32(255.0))  # (ph, pw, 3)
-    maps: dict[str, np.ndarray] = {IMAGE: image}
+    image_quant, output_quant = runner.quant(IMAGE), runner.quant(OUTPUT)
+    maps: dict[str, np.ndarray] = {IMAGE: pixels}  # encoded window by window: no photo-sized temporaries
+    result = np.empty((ph, pw, 3), np.uint8)
     scales = {name: m["scale"] for name, m in meta["maps"].items()} | {IMAGE: 1, OUTPUT: 1}
     total, done = len(stages) * len(rows) * len(cols), 0
     for k, stage in enumerate(stages):
@@ -248,28 +263,30 @@ def enhance_whole(
             for col in cols:
                 inputs = dict(stats)
                 for name in stage["inputs"]:
-                    if name in stats:
+                    if name not in stats:
+                        s = scales[name]
+                        y, x = row.start // s, col.start // s
+                        inputs[name] = maps[name][None, y : y + window[0] // s, x : x + window[1] // s]
+                if IMAGE in inputs:
+                    inputs[IMAGE] = image_quant.encode(inputs[IMAGE] / np.float32(255.0))
+                for name, out in runner.run(k, window, inputs).items():
+                    s = scales[name]
+                    y0, y1 = row.own_start // s, row.own_end // s
+                    x0, x1 = col.own_start // s, col.own_end // s
+                    owned = out[
+                        0,
+                        y0 - row.start // s : y1 - row.start // s,
+                        x0 - col.start // s : x1 - col.start // s,
+                    ]
+                    if name == OUTPUT:
+                        result[y0:y1, x0:x1] = np.clip(np.rint(output_quant.decode(owned) * 255.0), 0, 255)
                         continue
-                    s = scales[name]
-                    y, x = row.start // s, col.start // s
-                    inputs[name] = maps[name][None, y : y + window[0] // s, x : x + window[1] // s]
-                outputs = runner.run(k, window, inputs)
-                for name, out in outputs.items():
-                    s = scales[name]
                     if name not in maps:
                         maps[name] = np.empty((ph // s, pw // s, out.shape[-1]), out.dtype)
-                    y0, y1, x0, x1 = (
-                        row.own_start // s,
-                        row.own_end // s,
-                        col.own_start // s,
-                        col.own_end // s,
-                    )
-                    oy, ox = row.start // s, col.start // s
-                    maps[name][y0:y1, x0:x1] = out[0, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+                    maps[name][y0:y1, x0:x1] = owned
                 done += 1
                 if progress:
                     progress(done, total)
-        for name in [n for n in maps if last_use.get(n, -1) <= k and n != OUTPUT]:
+        for name in [n for n in maps if last_use.get(n, -1) <= k]:
             del maps[name]  # read by no later stage
-    out = runner.quant(OUTPUT).decode(maps[OUTPUT][:h, :w])
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+    return result[:h, :w]
