@@ -26,9 +26,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / mse)) if mse else float("inf")
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, time.perf_counter() - start
 
 
@@ -46,11 +46,11 @@ def main() -> None:
     rows = []
     for path in args.photos:
         pixels = read_rgb(path).pixels
-        after, after_s = timed(lambda: enhance_image(model, pixels))
+        after, after_s = timed(enhance_image, model, pixels)
         model.stages = None  # the same file, tile by tile
-        before, before_s = timed(lambda: enhance_image(model, pixels, tile=(512, 512)))
+        before, before_s = timed(enhance_image, model, pixels, tile=(512, 512))
         model.stages = stages
-        ref, ref_s = timed(lambda: enhance_image(reference, pixels))
+        ref, ref_s = timed(enhance_image, reference, pixels)
         row = {
             "photo": path,
             "size": "x".join(map(str, pixels.shape[1::-1])),
