@@ -62,14 +62,15 @@ class CheckpointModel:
 
     def __init__(self, path: Path, window: Size | None) -> None:
         from qaie.checkpoint import load_model
-        from qaie.evaluate import checkpoint_predictor
+        from qaie.evaluate import loaded_predictor
         from qaie.split import TorchStageRunner
 
         if window is not None:
             check_window(window)
-        self._predict = checkpoint_predictor(path)
+        loaded = load_model(path)  # read once: the one-pass predictor and the stages share it
+        self._predict = loaded_predictor(loaded)
         self.sizes = None if window is None else (window,)
-        self.stages = None if window is None else TorchStageRunner(load_model(path).net, [window])
+        self.stages = None if window is None else TorchStageRunner(loaded.net, [window])
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         import torch

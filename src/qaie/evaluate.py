@@ -11,12 +11,16 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from qaie import metrics
+
+if TYPE_CHECKING:
+    from qaie.checkpoint import LoadedModel
 
 # (1, 3, H, W) float32 in [0, 1] -> the enhanced image: a tensor of that shape, or a uint8
 # (H, W, 3) array (what a LiteRT model returns); `qaie.metrics` accepts both.
@@ -63,7 +67,11 @@ def checkpoint_predictor(path: str | os.PathLike) -> Predictor:
     """A checkpoint's network; a QAT/PTQ one as its quantized reference model (int8 simulated)."""
     from qaie.checkpoint import load_model
 
-    loaded = load_model(path)
+    return loaded_predictor(load_model(path))
+
+
+def loaded_predictor(loaded: LoadedModel) -> Predictor:
+    """`checkpoint_predictor` of a checkpoint already loaded (its `net` is left as it is)."""
     net = loaded.net
     if loaded.quant is not None:
         from qaie.quantize import convert
