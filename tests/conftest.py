@@ -26,7 +26,7 @@ TINY_WHOLE = (192, 256)  # big enough to run a whole test image: the reference f
 
 
 @pytest.fixture(scope="session")
-def tiny_net():  # -> qaie.model.EnhanceNet (torch imported lazily)
+def tiny_net():  # -> qaie.nn.model.EnhanceNet (torch imported lazily)
     """A width-4 EnhanceNet made to behave like a trained one for the tiling tests.
 
     Its InstanceNorm scales are zeroed so the network is local (no per-image statistics): a
@@ -37,7 +37,7 @@ def tiny_net():  # -> qaie.model.EnhanceNet (torch imported lazily)
     import torch
 
     from qaie.config import ModelConfig
-    from qaie.model import EnhanceNet, InstanceNorm
+    from qaie.nn.model import EnhanceNet, InstanceNorm
 
     torch.manual_seed(0)
     net = EnhanceNet(ModelConfig(width=4)).eval()
@@ -53,8 +53,8 @@ def tiny_net():  # -> qaie.model.EnhanceNet (torch imported lazily)
 @pytest.fixture(scope="session")
 def tiny_tflite(tiny_net, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`tiny_net` exported FP32 with signatures `enhance_96x96` and `enhance_192x256`."""
-    from qaie.checkpoint import save_model
-    from qaie.export import export_tflite
+    from qaie.quant.checkpoint import save_model
+    from qaie.quant.export import export_tflite
 
     path = tmp_path_factory.mktemp("tiny") / "tiny_fp32.tflite"
     export_tflite(tiny_net, "fp32", [TINY_TILE, TINY_WHOLE], path, stages=False)  # tiles (test_runtime)
@@ -75,7 +75,7 @@ def tiny_int8_tflite(request, tiny_net, tmp_path_factory: pytest.TempPathFactory
     import skimage.data
     import torch
 
-    from qaie.export import export_tflite
+    from qaie.quant.export import export_tflite
 
     photo = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1).float() / 255  # (3, 512, 512)
     crops = [photo[:, y : y + 96, x : x + 96] for y in (0, 200, 400) for x in (0, 200, 400)]
@@ -103,12 +103,12 @@ def quant_models(tmp_path_factory: pytest.TempPathFactory):  # -> QuantModels (t
 
     import torch
 
-    from qaie import quantize
-    from qaie.checkpoint import save_model
     from qaie.config import ModelConfig
-    from qaie.data import make_dataset
-    from qaie.export import export_tflite
-    from qaie.model import EnhanceNet
+    from qaie.data.datasets import make_dataset
+    from qaie.nn.model import EnhanceNet
+    from qaie.quant import quantize
+    from qaie.quant.checkpoint import save_model
+    from qaie.quant.export import export_tflite
 
     @dataclass(frozen=True)
     class QuantModels:
@@ -164,9 +164,9 @@ WINDOW = (128, 128)  # the stage window of the whole-photo exports
 
 @pytest.fixture(scope="session")
 def whole_photo_models(quant_models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`quant_models`' QAT and FP32 networks exported with stage signatures (qaie.split) at
+    """`quant_models`' QAT and FP32 networks exported with stage signatures (qaie.quant.split) at
     WINDOW: .tflite files that enhance any photo as a whole photo."""
-    from qaie.export import export_tflite
+    from qaie.quant.export import export_tflite
 
     out = tmp_path_factory.mktemp("whole")
     paths = {"qat": out / "qat.tflite", "fp32": out / "fp32.tflite"}

@@ -16,7 +16,7 @@ import torch
 from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig
 from qaie.errors import QaieError
-from qaie.model import EnhanceNet
+from qaie.nn.model import EnhanceNet
 
 
 def _files(folder: Path) -> list[str]:
@@ -93,8 +93,8 @@ def test_check_writable(tmp_path: Path) -> None:
 def test_failed_checkpoint_save_keeps_the_old_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qaie.checkpoint import load_model, save_model
-    from qaie.train import AtomicCheckpointIO
+    from qaie.experiment.train import AtomicCheckpointIO
+    from qaie.quant.checkpoint import load_model, save_model
 
     config = ModelConfig(width=4)
     path = tmp_path / "last.ckpt"
@@ -114,7 +114,7 @@ def test_failed_export_leaves_no_model_and_no_sidecar(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The op table is read from the written temporary file; if that fails nothing is kept."""
-    from qaie import export
+    from qaie.quant import export
 
     monkeypatch.setattr(export, "_convert", lambda graphs, int8: b"not a flatbuffer")  # skip conversion
     with pytest.raises(QaieError, match="not a TFLite model"):
@@ -125,7 +125,7 @@ def test_failed_export_leaves_no_model_and_no_sidecar(
 def test_failed_report_figure_keeps_the_old_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.figure
 
-    from qaie.report import build_report
+    from qaie.experiment.report import build_report
 
     (tmp_path / "results.json").write_text('{"fp32": {"psnr": 25.0, "ssim": 0.8}}')
     (tmp_path / "report.html").write_text("old report")

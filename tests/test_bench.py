@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from qaie.bench import BenchRow
 from qaie.cli import main
+from qaie.runtime.bench import BenchRow
 
 
 def test_bench_json_rows(tmp_path, tiny_tflite, capsys):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qaie.camera_stats import STATISTICS, PhotoStats, compare, photo_stats, to_markdown
 from qaie.cli import main
-from qaie.degrade import CameraModel, CameraParams, degrade
+from qaie.data.camera_stats import STATISTICS, PhotoStats, compare, photo_stats, to_markdown
+from qaie.data.degrade import CameraModel, CameraParams, degrade
 
 NEUTRAL = CameraParams.neutral()
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qaie.checkpoint import FORMAT, load_model, save_model
 from qaie.config import ModelConfig
 from qaie.errors import QaieError
-from qaie.model import EnhanceNet
+from qaie.nn.model import EnhanceNet
+from qaie.quant.checkpoint import FORMAT, load_model, save_model
 
 TINY = ModelConfig(width=4)
 
@@ -38,7 +38,7 @@ def test_fp32_round_trip_rebuilds_from_its_own_config(fp32: tuple[Path, EnhanceN
 
 
 def test_ptq_graph_round_trip(tmp_path: Path) -> None:
-    from qaie.quantize import calibrate, convert, prepare_ptq
+    from qaie.quant.quantize import calibrate, convert, prepare_ptq
 
     torch.manual_seed(0)
     prepared = prepare_ptq(EnhanceNet(TINY), torch.rand(2, 3, 32, 32))

@@ -111,8 +111,8 @@ def ptq_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_net) -> str:
     """A PTQ checkpoint of the tiny network (calibrated on one batch: seconds)."""
     import torch
 
-    from qaie import quantize
-    from qaie.checkpoint import save_model
+    from qaie.quant import quantize
+    from qaie.quant.checkpoint import save_model
 
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     prepared = quantize.prepare_ptq(tiny_net, x)

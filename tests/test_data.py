@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qaie.data import (
+from qaie.data.datasets import (
     BUILTIN_PHOTOS,
     DataSpec,
     PairDataset,

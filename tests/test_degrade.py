@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from qaie.degrade import CameraModel, CameraParams, Frame, blockiness, degrade, psf
+from qaie.data.degrade import CameraModel, CameraParams, Frame, blockiness, degrade, psf
 from qaie.errors import QaieError
 
 NEUTRAL = CameraParams.neutral()

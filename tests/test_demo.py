@@ -8,9 +8,9 @@ import pytest
 from browser import load_page
 
 from qaie.cli import main
-from qaie.demo import STAGES, DemoResult, _claim, demo_config, run_demo
 from qaie.errors import QaieError
-from qaie.report import MODELS, SAMPLE_COLUMNS
+from qaie.experiment.demo import STAGES, DemoResult, _claim, demo_config, run_demo
+from qaie.experiment.report import MODELS, SAMPLE_COLUMNS
 
 TOP_KEYS = {
     *MODELS,

@@ -14,7 +14,7 @@ import skimage.data
 from PIL import Image
 
 from qaie.cli import main
-from qaie.enhance import plan_jobs
+from qaie.runtime.enhance import plan_jobs
 
 
 def _photo(path: Path, size: tuple[int, int] = (120, 160), **save) -> Path:
@@ -195,7 +195,7 @@ def test_bad_arguments_one_line_exit_2(tmp_path, tiny_tflite, capsys, monkeypatc
 
 
 def test_no_shipped_model_says_so(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("qaie.models.MODELS_DIR", tmp_path / "no-models")
+    monkeypatch.setattr("qaie.runtime.models.MODELS_DIR", tmp_path / "no-models")
     src = _photo(tmp_path / "cat.jpg")
     assert _enhance(src, "-o", tmp_path / "out.jpg") == 2
     assert _error_line(capsys) == (

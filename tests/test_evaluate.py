@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from qaie.checkpoint import save_model
 from qaie.cli import main
 from qaie.config import ModelConfig
-from qaie.data import make_dataset
-from qaie.evaluate import evaluate, predictor_for
-from qaie.metrics import CONVENTION, psnr, ssim
-from qaie.model import EnhanceNet
-from qaie.train import VAL_SEED
+from qaie.data.datasets import make_dataset
+from qaie.experiment.evaluate import evaluate, predictor_for
+from qaie.experiment.train import VAL_SEED
+from qaie.nn.metrics import CONVENTION, psnr, ssim
+from qaie.nn.model import EnhanceNet
+from qaie.quant.checkpoint import save_model
 
 KEYS = {"psnr", "ssim", "input_psnr", "input_ssim", "n_images", "convention", "data", "split", "model"}
 

@@ -15,9 +15,9 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from qaie.cli import main
-from qaie.export import signature_name
-from qaie.runtime import TFLiteModel, sidecar_path
-from qaie.tflite_ops import inspect_tflite
+from qaie.quant.export import signature_name
+from qaie.quant.tflite_ops import inspect_tflite
+from qaie.runtime.litert import TFLiteModel, sidecar_path
 from tests.conftest import QUANT_SIZES
 
 

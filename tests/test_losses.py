@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qaie.errors import QaieError
-from qaie.losses import (
+from qaie.nn.losses import (
     LOSSES,
     MSSSIM_MIN_SIZE,
     PaperLoss,

@@ -10,7 +10,7 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from qaie.metrics import CONVENTION, as_batch, psnr, ssim
+from qaie.nn.metrics import CONVENTION, as_batch, psnr, ssim
 
 
 @pytest.fixture(scope="module")

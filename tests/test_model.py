@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qaie.config import ModelConfig
-from qaie.model import VARIANTS, EnhanceNet, InstanceNorm, macs_per_pixel, param_count
+from qaie.nn.model import VARIANTS, EnhanceNet, InstanceNorm, macs_per_pixel, param_count
 
 PAPER_PARAMS = {16: 230_083, 24: 515_811, 32: 915_331, 64: 3_651_331}
 

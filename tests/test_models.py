@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from qaie.cli import main
-from qaie.models import MODELS_DIR, shipped_models
-from qaie.tflite_ops import inspect_tflite
+from qaie.quant.tflite_ops import inspect_tflite
+from qaie.runtime.models import MODELS_DIR, shipped_models
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def models_dir(tmp_path: Path, tiny_tflite: Path, monkeypatch: pytest.MonkeyPatc
     shutil.copy(tiny_tflite, folder / "tiny.tflite")
     shutil.copy(tiny_tflite.with_name(tiny_tflite.name + ".json"), folder / "tiny.tflite.json")
     (folder / "tiny.md").write_text("# tiny\n\nA test model.\n")
-    monkeypatch.setattr("qaie.models.MODELS_DIR", folder)
+    monkeypatch.setattr("qaie.runtime.models.MODELS_DIR", folder)
     return folder
 
 
@@ -70,7 +70,7 @@ def test_shipped_model_is_integer_only_whole_photo_with_its_checkpoints_and_a_ca
     table = inspect_tflite(model.path)
     assert table.float_ops == 0 and table.dequantize_ops == 0 and table.quantize_ops == 0
     assert model.sidecar["io"]["dtype"] == "int8" and model.sidecar["quant"] == "qat"
-    assert model.sidecar["stages"] is not None  # whole-photo output in windows (qaie.wholephoto)
+    assert model.sidecar["stages"] is not None  # whole-photo output in windows (qaie.runtime.wholephoto)
     assert set(model.checkpoints) == {"qat", "fp32"}  # the reference: the QAT checkpoint, --tile none
     assert model.summary()["checkpoints"]["qat"].endswith("qaie-c32-qat.ckpt")
     assert model.file_bytes < 3_000_000
@@ -81,8 +81,8 @@ def test_shipped_model_is_integer_only_whole_photo_with_its_checkpoints_and_a_ca
 @needs_shipped
 def test_shipped_model_enhances_a_builtin_photo(tmp_path: Path) -> None:
     """The shipped model improves a degraded builtin test photo (PSNR vs its target)."""
-    from qaie.data import make_dataset
-    from qaie.metrics import psnr
+    from qaie.data.datasets import make_dataset
+    from qaie.nn.metrics import psnr
 
     x, y = make_dataset("builtin", "test", crop=None, limit=1)[0]
     src, dst = tmp_path / "in.png", tmp_path / "out.png"

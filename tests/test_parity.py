@@ -11,7 +11,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
 from qaie.cli import main
-from qaie.parity import compare, run_parity, to_uint8
+from qaie.experiment.parity import compare, run_parity, to_uint8
 
 # INT8 artifacts vs the quantized reference they were converted from. Nearly every value is
 # bit-exact; the rare near-ties that XNNPACK's float requantization (or TFLite's integer
@@ -92,9 +92,9 @@ def test_parity_refuses_mismatched_pairs(quant_models, capsys) -> None:
 
 
 def test_parity_refuses_a_checkpoint_of_another_network(quant_models, tmp_path, capsys) -> None:
-    from qaie.checkpoint import save_model
     from qaie.config import ModelConfig
-    from qaie.model import EnhanceNet
+    from qaie.nn.model import EnhanceNet
+    from qaie.quant.checkpoint import save_model
 
     other = tmp_path / "w8.ckpt"
     save_model(other, EnhanceNet(ModelConfig(width=8)), ModelConfig(width=8))

@@ -10,10 +10,10 @@ import torch
 from torch.fx import GraphModule
 from torchao.quantization.pt2e import FakeQuantize
 
-from qaie import quantize
 from qaie.config import ModelConfig
-from qaie.model import EnhanceNet
-from qaie.parity import compare
+from qaie.experiment.parity import compare
+from qaie.nn.model import EnhanceNet
+from qaie.quant import quantize
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -182,8 +182,8 @@ def test_calibration_batches_cycle_small_datasets() -> None:
 
 
 def test_calibrate_command_writes_a_ptq_checkpoint(tiny_checkpoint, tmp_path, capsys) -> None:
-    from qaie.checkpoint import load_model
     from qaie.cli import main
+    from qaie.quant.checkpoint import load_model
 
     out = tmp_path / "ptq.ckpt"
     args = ["calibrate", str(tiny_checkpoint), "--data", "builtin", "--images", "4", "--crop", "32"]

@@ -7,7 +7,7 @@ from browser import load_page
 from PIL import Image
 
 from qaie.errors import QaieError
-from qaie.report import MODELS, SAMPLE_COLUMNS, build_report
+from qaie.experiment.report import MODELS, SAMPLE_COLUMNS, build_report
 
 
 def _fake_run(run: Path, with_samples: bool = True) -> None:
@@ -41,7 +41,7 @@ def _fake_run(run: Path, with_samples: bool = True) -> None:
         (run / name).mkdir()
         rows = ["epoch,step,train_loss,val_psnr,val_ssim"] + [
             f"{e},{e * 10},{1 - e / 10},{20 + e},0.7"
-            for e in range(1, 4)  # as qaie.train writes
+            for e in range(1, 4)  # as qaie.experiment.train writes
         ]
         (run / name / "metrics.csv").write_text("\n".join(rows) + "\n")
     if with_samples:

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.metrics import peak_signal_noise_ratio
 
-from qaie import runtime
 from qaie.errors import QaieError
-from qaie.runtime import (
+from qaie.runtime import litert as runtime
+from qaie.runtime.litert import (
     ALIGN,
     PixelCodec,
     TFLiteModel,

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from qaie import metrics
 from qaie.cli import main
 from qaie.config import ModelConfig
-from qaie.model import EnhanceNet, param_count
-from qaie.tflite_import import FUSED, conv_order, import_tflite
+from qaie.nn import metrics
+from qaie.nn.model import EnhanceNet, param_count
+from qaie.quant.tflite_import import FUSED, conv_order, import_tflite
 
 SMALL = "model_with_qat_c32_int8_100x100.tflite"
 LARGE = "model_with_qat_c32_int8_1920x1080.tflite"
@@ -57,7 +57,7 @@ def test_import_refuses_other_files(kind, tiny_tflite, tmp_path, capsys):
 
 
 def test_both_official_files_give_the_same_network(official_models, tmp_path):
-    from qaie.checkpoint import load_model, read_checkpoint
+    from qaie.quant.checkpoint import load_model, read_checkpoint
 
     out = tmp_path / "official.ckpt"
     assert main(["import", str(official_models / LARGE), "--out", str(out)]) == 0
@@ -89,8 +89,8 @@ def _controls(net: EnhanceNet) -> dict[str, EnhanceNet]:
 
 
 def _fidelity(tflite: Path, crop: tuple[int, int], photos: Path, limit: int | None) -> dict[str, float]:
-    from qaie.data import make_dataset
-    from qaie.runtime import TFLiteModel
+    from qaie.data.datasets import make_dataset
+    from qaie.runtime.litert import TFLiteModel
 
     nets = _controls(import_tflite(tflite).net)
     official = TFLiteModel(tflite, num_threads=2)
@@ -117,7 +117,7 @@ def test_imported_network_is_the_official_one_on_100x100_patches(official_models
 def test_runtime_runs_both_official_layouts(official_models):
     from ai_edge_litert.interpreter import Interpreter
 
-    from qaie.runtime import TFLiteModel
+    from qaie.runtime.litert import TFLiteModel
 
     model = TFLiteModel(official_models / SMALL, num_threads=1)  # float NHWC in, float NCHW out
     pixels = np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)

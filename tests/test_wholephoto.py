@@ -1,5 +1,5 @@
-"""Whole-photo enhancement: the network split at its norm statistics (qaie.split), run stage
-by stage over windows (qaie.wholephoto), must give the network's whole-image output."""
+"""Whole-photo enhancement: the network split at its norm statistics (qaie.quant.split), run stage
+by stage over windows (qaie.runtime.wholephoto), must give the network's whole-image output."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from conftest import WINDOW
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from qaie import quantize
-from qaie.checkpoint import load_model
-from qaie.enhance import open_model
 from qaie.errors import QaieError
-from qaie.runtime import TFLiteModel, enhance_image
-from qaie.split import TorchStageRunner
-from qaie.tflite_ops import inspect_tflite
-from qaie.wholephoto import ALIGN, HALO, Quant, enhance_whole, norm_statistics, plan_axis
+from qaie.quant import quantize
+from qaie.quant.checkpoint import load_model
+from qaie.quant.split import TorchStageRunner
+from qaie.quant.tflite_ops import inspect_tflite
+from qaie.runtime.enhance import open_model
+from qaie.runtime.litert import TFLiteModel, enhance_image
+from qaie.runtime.wholephoto import ALIGN, HALO, Quant, enhance_whole, norm_statistics, plan_axis
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def test_fp32_stages_are_the_network(quant_models):
 def test_statistics_are_what_makes_tiles_differ(quant_models, monkeypatch):
     """The control: the same windows with each window's own statistics (what tiling did)
     are far from the whole-photo output, so the exact match above is the statistics."""
-    import qaie.wholephoto as wholephoto
+    import qaie.runtime.wholephoto as wholephoto
 
     photo = gradient_photo(264, 336)
     whole = reference(quant_models.fp32, photo)

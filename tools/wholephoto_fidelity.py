@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from qaie.enhance import open_model
 from qaie.imageio import read_rgb
-from qaie.runtime import TFLiteModel, enhance_image
+from qaie.runtime.enhance import open_model
+from qaie.runtime.litert import TFLiteModel, enhance_image
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -57,7 +57,7 @@ def model_config_from_args(args: argparse.Namespace):  # -> ModelConfig (lazy im
 
 
 def _run_info(args: argparse.Namespace) -> None:
-    from qaie.model import EnhanceNet, macs_per_pixel, param_count
+    from qaie.nn.model import EnhanceNet, macs_per_pixel, param_count
 
     config = model_config_from_args(args)
     data = {"params": param_count(EnhanceNet(config)), "macs_per_pixel": macs_per_pixel(config)}
@@ -107,8 +107,8 @@ def _run_camera_stats(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.camera_stats import compare, folder_images, to_markdown
-    from qaie.degrade import CameraModel
+    from qaie.data.camera_stats import compare, folder_images, to_markdown
+    from qaie.data.degrade import CameraModel
 
     if args.out:
         check_writable(Path(args.out), overwrite=args.overwrite)
@@ -149,8 +149,8 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
 def _run_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from qaie.enhance import enhance_files, open_model, plan_jobs
-    from qaie.runtime import parse_counts, parse_size
+    from qaie.runtime.enhance import enhance_files, open_model, plan_jobs
+    from qaie.runtime.litert import parse_counts, parse_size
 
     whole = args.tile is not None and args.tile.strip().lower() == "none"
     tile = parse_size(args.tile, "--tile") if args.tile and not whole else None
@@ -203,8 +203,8 @@ def _run_bench(args: argparse.Namespace) -> None:
     import pathlib
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.bench import bench, format_table
-    from qaie.runtime import parse_counts, parse_sizes
+    from qaie.runtime.bench import bench, format_table
+    from qaie.runtime.litert import parse_counts, parse_sizes
 
     sizes = parse_sizes(args.size, "--size") if args.size else None
     to_file = args.json not in (None, "-")
@@ -252,7 +252,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from qaie.train import FP32_LR, QAT_LR, TrainConfig, train
+    from qaie.experiment.train import FP32_LR, QAT_LR, TrainConfig, train
 
     config = TrainConfig(
         data=args.data,
@@ -323,10 +323,10 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.data import make_dataset, parse_spec
-    from qaie.evaluate import evaluate, predictor_for
-    from qaie.runtime import parse_size
-    from qaie.train import VAL_SEED
+    from qaie.data.datasets import make_dataset, parse_spec
+    from qaie.experiment.evaluate import evaluate, predictor_for
+    from qaie.experiment.train import VAL_SEED
+    from qaie.runtime.litert import parse_size
 
     if args.json:
         check_writable(Path(args.json), overwrite=args.overwrite)
@@ -352,7 +352,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 def _run_fidelity(args: argparse.Namespace, predict, dataset) -> None:
     from qaie.atomic import write_text_atomic
-    from qaie.evaluate import evaluate_fidelity, predictor_for
+    from qaie.experiment.evaluate import evaluate_fidelity, predictor_for
 
     reference = predictor_for(args.reference)
     result = evaluate_fidelity(
@@ -385,7 +385,7 @@ def _run_calibrate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable
-    from qaie.quantize import calibrate_checkpoint
+    from qaie.quant.quantize import calibrate_checkpoint
 
     check_writable(Path(args.out), args.overwrite)
     calibrate_checkpoint(
@@ -419,9 +419,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from qaie.checkpoint import load_model
-    from qaie.export import check_output, export_tflite
-    from qaie.runtime import parse_sizes
+    from qaie.quant.checkpoint import load_model
+    from qaie.quant.export import check_output, export_tflite
+    from qaie.runtime.litert import parse_sizes
 
     out = Path(args.out)
     check_output(out, args.overwrite)
@@ -431,7 +431,7 @@ def _run_export(args: argparse.Namespace) -> None:
     if args.format == "int8" and loaded.quant is None:
         if not args.calibrate:
             raise QaieError(f"{args.checkpoint}: FP32 checkpoint; INT8 needs PTQ data, pass --calibrate SPEC")
-        from qaie.quantize import calibration_batches
+        from qaie.quant.quantize import calibration_batches
 
         calibration = calibration_batches(
             args.calibrate, images=args.calibrate_images, crop=args.calibrate_crop
@@ -476,8 +476,8 @@ def _run_import(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable
-    from qaie.model import param_count
-    from qaie.tflite_import import import_checkpoint
+    from qaie.nn.model import param_count
+    from qaie.quant.tflite_import import import_checkpoint
 
     check_writable(Path(args.out), args.overwrite)
     imported = import_checkpoint(args.model, args.out)
@@ -495,7 +495,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> None:
-    from qaie.tflite_ops import format_table, inspect_tflite
+    from qaie.quant.tflite_ops import format_table, inspect_tflite
 
     table = inspect_tflite(args.model)
     print(json.dumps(table.to_json(), indent=2) if args.json else format_table(table))
@@ -516,7 +516,7 @@ def _run_parity(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.parity import run_parity
+    from qaie.experiment.parity import run_parity
 
     to_file = args.json not in (None, "-")
     if to_file:
@@ -564,8 +564,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from qaie.demo import demo_config, run_demo
-    from qaie.runtime import parse_counts, parse_sizes
+    from qaie.experiment.demo import demo_config, run_demo
+    from qaie.runtime.litert import parse_counts, parse_sizes
 
     if args.width is None:
         args.width = demo_config(args.quick).model.width
@@ -612,7 +612,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from qaie.report import build_report
+    from qaie.experiment.report import build_report
 
     result = build_report(Path(args.dir))
     _print_results_table(result.markdown)
@@ -629,7 +629,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from qaie.models import MODELS_DIR, shipped_models
+    from qaie.runtime.models import MODELS_DIR, shipped_models
 
     models = shipped_models()
     if args.json:
@@ -658,7 +658,7 @@ def _run_figure(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from qaie.atomic import check_writable
-    from qaie.report import before_after_figure
+    from qaie.experiment.report import before_after_figure
 
     out = Path(args.out)
     check_writable(out, args.overwrite)

@@ -10,7 +10,7 @@ bookkeeping; this module adds what is specific to us:
   DistributedSampler seeded per epoch);
 - atomic checkpoint writes, `best.ckpt` (by validation PSNR) and `last.ckpt` after each
   epoch's validation, a metrics CSV kept in step with them, a progress bar on stderr;
-- QAT: the network is a PT2E fake-quant GraphModule (`qaie.quantize.prepare_qat`), trained at
+- QAT: the network is a PT2E fake-quant GraphModule (`qaie.quant.quantize.prepare_qat`), trained at
   a lower learning rate, observers frozen after a number of steps.
 
 Checkpoints are written at the end of each epoch's validation and nowhere else: SIGKILL loses
@@ -46,14 +46,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics import MeanMetric
 from tqdm import tqdm
 
-from qaie import checkpoint
 from qaie.atomic import atomic_path, write_text_atomic
 from qaie.config import ModelConfig, from_dict, to_dict
 from qaie.errors import QaieError
 from qaie.imageio import MIN_SIZE
-from qaie.losses import LOSSES, MSSSIM_MIN_SIZE, make_loss
-from qaie.metrics import psnr, ssim
-from qaie.model import EnhanceNet
+from qaie.nn.losses import LOSSES, MSSSIM_MIN_SIZE, make_loss
+from qaie.nn.metrics import psnr, ssim
+from qaie.nn.model import EnhanceNet
+from qaie.quant import checkpoint
 
 FP32_LR = 1e-4
 QAT_LR = 1e-5  # the paper's QAT fine-tuning rate
@@ -71,14 +71,14 @@ class TrainConfig:
     """Everything a training run depends on (the network's architecture is a ModelConfig).
 
     Args:
-        data: data spec (`qaie.data`): builtin, synthetic:FOLDER, pairs:FOLDER, dped:FOLDER.
+        data: data spec (`qaie.data.datasets`): builtin, synthetic:FOLDER, pairs:FOLDER, dped:FOLDER.
         epochs: total epochs of the run.
         batch_size: crops per step and device.
         lr: peak learning rate (Adam), reached after the warm-up.
         warmup_epochs: linear warm-up, then cosine decay to 0, per step.
         crop: training crop size (random crops and flips from the dataset).
         repeats: crops drawn per image per epoch (small datasets).
-        loss: name in qaie.losses.LOSSES.
+        loss: name in qaie.nn.losses.LOSSES.
         seed: seeds the weights, crops, degradations and sample order.
         val_crop: centre crop for validation; None validates on whole images (batch 1).
         val_limit: validate on the first N images only.
@@ -227,7 +227,7 @@ class EnhanceModule(L.LightningModule):
     def on_train_batch_start(self, _batch: Any, _index: int) -> None:
         after = self.config.freeze_observers_after
         if after is not None and self.global_step == after:
-            from qaie.quantize import freeze_observers
+            from qaie.quant.quantize import freeze_observers
 
             freeze_observers(self.net)
 
@@ -502,7 +502,7 @@ def initial_net(model_config: ModelConfig, config: TrainConfig, resume: bool = F
     if config.qat:
         from torchao.quantization.pt2e import allow_exported_model_train_eval
 
-        from qaie.quantize import prepare_qat
+        from qaie.quant.quantize import prepare_qat
 
         # Batch 2: torch.export specializes a dimension whose example is 1, even if marked dynamic.
         net = prepare_qat(net, torch.rand(2, 3, config.crop, config.crop))  # size-dynamic graph
@@ -533,7 +533,7 @@ def train(
 
     Every process of a DDP run calls this; rank 0 writes the files.
     """
-    from qaie.data import make_dataset
+    from qaie.data.datasets import make_dataset
 
     started = time.perf_counter()
     run_dir = Path(run_dir)

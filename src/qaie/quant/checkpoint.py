@@ -5,7 +5,7 @@ A checkpoint carries its own configuration, so it rebuilds itself (as nanoGPT's 
 
     format        FORMAT (an int, bumped on incompatible changes)
     model_config  dict of qaie.config.ModelConfig
-    train_config  dict of qaie.train.TrainConfig, or None (e.g. written by PTQ calibration)
+    train_config  dict of qaie.experiment.train.TrainConfig, or None (e.g. written by PTQ calibration)
     quant         None (FP32 EnhanceNet) | "qat" | "ptq" (a prepared PT2E GraphModule)
     state_dict    the network's state dict (no prefix): EnhanceNet's, or the prepared graph's
                   (weights plus fake-quant / observer scales)
@@ -32,11 +32,11 @@ from torch import nn
 from qaie.atomic import atomic_path
 from qaie.config import ModelConfig, from_dict, to_dict
 from qaie.errors import QaieError
-from qaie.model import EnhanceNet
+from qaie.nn.model import EnhanceNet
 
 FORMAT = 1
 QUANT_MODES = (None, "qat", "ptq")
-# Prepared graphs are size-dynamic (qaie.quantize): the example only has to be a valid input.
+# Prepared graphs are size-dynamic (qaie.quant.quantize): the example only has to be a valid input.
 EXAMPLE_SIZE = (64, 64)
 ZIP_MAGIC = b"PK\x03\x04"  # what every torch.save file starts with
 
@@ -49,7 +49,7 @@ class LoadedModel:
         net: EnhanceNet (quant None) or the prepared PT2E GraphModule (quant "qat"/"ptq").
         config: the checkpoint's architecture.
         quant: None, "qat" or "ptq".
-        train_config: the TrainConfig as a dict (`qaie.train.TrainConfig.from_dict`), or None.
+        train_config: the TrainConfig as a dict (`qaie.experiment.train.TrainConfig.from_dict`), or None.
         path: where it was loaded from.
     """
 
@@ -166,7 +166,7 @@ def build_net(
     net = EnhanceNet(config)
     if quant is None:
         return net
-    from qaie import quantize  # torchao: only for quantized checkpoints
+    from qaie.quant import quantize  # torchao: only for quantized checkpoints
 
     example = torch.rand(2, 3, *example_size)  # batch 2: torch.export specializes size-1 dims
     return quantize.prepare_qat(net, example) if quant == "qat" else quantize.prepare_ptq(net, example)
@@ -182,7 +182,7 @@ def load_model(
     Args:
         path: a checkpoint written by `save_model` or `qaie train`.
         example_size: (H, W) of the example a quantized graph is traced with (the graph takes
-            any size >= qaie.quantize.MIN_SIZE); ignored for FP32.
+            any size >= qaie.quant.quantize.MIN_SIZE); ignored for FP32.
         expect: the architecture the command line asks for; a mismatch is an error (the
             checkpoint's own config is used when None).
     """
@@ -199,7 +199,7 @@ def load_model(
     if quant is None:
         net.eval()
     else:  # scales stay as trained/calibrated while the model is used
-        from qaie.quantize import freeze_observers
+        from qaie.quant.quantize import freeze_observers
 
         freeze_observers(net)
     return LoadedModel(net, config, quant, checkpoint.get("train_config"), path)

@@ -18,9 +18,9 @@ import numpy as np
 from qaie.atomic import check_writable
 from qaie.errors import QaieError
 from qaie.imageio import IMAGE_EXTENSIONS, list_images, read_rgb, write_image
-from qaie.models import default_model
-from qaie.runtime import Size, TFLiteModel, TileModel, check_tile, enhance_image
-from qaie.wholephoto import check_window
+from qaie.runtime.litert import Size, TFLiteModel, TileModel, check_tile, enhance_image
+from qaie.runtime.models import default_model
+from qaie.runtime.wholephoto import check_window
 
 CHECKPOINT_TILE = (512, 512)  # PyTorch runs any size; tiles bound its activation memory
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -56,14 +56,14 @@ class CheckpointModel:
     """A training checkpoint run in PyTorch (imports torch): FP32, or QAT/PTQ as its quantized
     reference model. For comparing with the deployed `.tflite`, which is what a phone runs.
 
-    With a `window`, photos run stage by stage in windows of that size (qaie.split; memory
+    With a `window`, photos run stage by stage in windows of that size (qaie.quant.split; memory
     bounded, the whole-photo output); with None, in one pass over the whole photo.
     """
 
     def __init__(self, path: Path, window: Size | None) -> None:
-        from qaie.checkpoint import load_model
-        from qaie.evaluate import loaded_predictor
-        from qaie.split import TorchStageRunner
+        from qaie.experiment.evaluate import loaded_predictor
+        from qaie.quant.checkpoint import load_model
+        from qaie.quant.split import TorchStageRunner
 
         if window is not None:
             check_window(window)

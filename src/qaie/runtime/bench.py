@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from qaie.errors import QaieError
-from qaie.runtime import Size, TFLiteModel, choose_tile, enhance_image, format_size, plan_tiles
-from qaie.wholephoto import choose_window, padded_size, plan_axis
+from qaie.runtime.litert import Size, TFLiteModel, choose_tile, enhance_image, format_size, plan_tiles
+from qaie.runtime.wholephoto import choose_window, padded_size, plan_axis
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def format_table(report: BenchReport) -> str:
 
 
 def _measure_in_subprocess(path: Path, size: Size, threads: int, runs: int, warmup: int) -> BenchRow:
-    args = [sys.executable, "-m", "qaie.bench", str(path), *map(str, (*size, threads, runs, warmup))]
+    args = [sys.executable, "-m", "qaie.runtime.bench", str(path), *map(str, (*size, threads, runs, warmup))]
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]

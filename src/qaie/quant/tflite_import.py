@@ -23,7 +23,7 @@ import torch
 
 from qaie.config import ModelConfig
 from qaie.errors import QaieError
-from qaie.model import EnhanceNet
+from qaie.nn.model import EnhanceNet
 
 _REFINE = ("conv_norm", "conv_point", "conv_a", "project", "conv_b")  # converter's op order
 _BLOCKS = ("refine2", "refine4", "bottleneck", "dec4.refine", "dec2.refine")
@@ -136,7 +136,7 @@ def import_tflite(path: str | os.PathLike) -> ImportedModel:
 
 def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> ImportedModel:
     """`qaie import`: write the FP32 checkpoint of the .tflite `path` to `out` (atomically)."""
-    from qaie.checkpoint import save_model
+    from qaie.quant.checkpoint import save_model
 
     imported = import_tflite(path)
     save_model(out, imported.net, imported.config, source=imported.source)

@@ -2,11 +2,11 @@
 
     builtin                         synthetic pairs from sample photos shipped by scikit-image
                                     and scikit-learn (runs on a fresh machine, no downloads)
-    synthetic:FOLDER                clean photos degraded by the camera model (qaie.degrade)
+    synthetic:FOLDER                clean photos degraded by the camera model (qaie.data.degrade)
     pairs:FOLDER                    FOLDER/input/NAME.ext with FOLDER/target/NAME.ext
     dped:FOLDER[:iphone|blackberry|sony]   the DPED patch layout (default phone: iphone)
     photos:FOLDER                   unlabelled photos, no targets (calibration, fidelity to a
-                                    reference model; qaie.photos)
+                                    reference model; qaie.data.photos)
 
 Every source becomes a list of `Sample`s served by one `PairDataset`. Pairs are matched by
 file stem, never by directory order, and checked when the dataset is built (partners, sizes
@@ -28,10 +28,10 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
-from qaie.degrade import CameraModel, Frame, degrade, psf_radius
+from qaie.data.degrade import CameraModel, Frame, degrade, psf_radius
+from qaie.data.photos import PhotoDataset
 from qaie.errors import QaieError, QaieWarning
 from qaie.imageio import MIN_SIZE, image_size, list_images, read_header, read_rgb
-from qaie.photos import PhotoDataset
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -291,7 +291,7 @@ class PairDataset(torch.utils.data.Dataset):
 def _photo_dataset(
     spec: DataSpec, split: Split, crop: tuple[int, int] | None, seed: int, repeats: int, limit: int | None
 ) -> PhotoDataset:
-    """Every split is the whole folder (qaie.photos): there is no training on photos."""
+    """Every split is the whole folder (qaie.data.photos): there is no training on photos."""
     paths = list(_by_stem(spec.path).values())[:limit]
     if not paths:
         raise QaieError(f"{spec.path}: no images (photos:FOLDER takes a folder of photos)")

@@ -389,12 +389,12 @@ def before_after_figure(
     from ../shared/data must not)."""
     import torch
 
-    from qaie.data import make_dataset
-    from qaie.enhance import open_model
-    from qaie.metrics import psnr
-    from qaie.models import default_model
-    from qaie.parity import to_uint8
-    from qaie.runtime import enhance_image
+    from qaie.data.datasets import make_dataset
+    from qaie.experiment.parity import to_uint8
+    from qaie.nn.metrics import psnr
+    from qaie.runtime.enhance import open_model
+    from qaie.runtime.litert import enhance_image
+    from qaie.runtime.models import default_model
 
     if images < 1:
         raise QaieError(f"--images must be at least 1, got {images}")

@@ -14,7 +14,7 @@ quantized output, so the LiteRT converter lowers the whole graph to int8 kernels
   inputs of a concatenation share one scale: TFLite's int8 CONCATENATION requires it);
 - tanh: the fixed scale 1/128, zero point 0 that TFLite's int8 TANH requires. Its outputs
   (a, b) meet only each other (the gate a*b, the a|b skip concatenation) and convolutions:
-  the decoder reads the skip through its own 1x1 conv (see qaie.model.FusionDecoder), so no
+  the decoder reads the skip through its own 1x1 conv (see qaie.nn.model.FusionDecoder), so no
   concatenation mixes the 1/128 skip with decoder features and nothing is requantized;
 - LeakyReLU shares its input scale (with its own output scale XNNPACK
   rounds about 13% of its outputs differently), and its slope becomes the 8-bit fixed-point
@@ -64,7 +64,7 @@ from tqdm import tqdm
 
 from qaie.config import ModelConfig
 from qaie.errors import QaieError
-from qaie.model import EnhanceNet
+from qaie.nn.model import EnhanceNet
 
 QuantMode = Literal["qat", "ptq"]
 aten = torch.ops.aten
@@ -314,7 +314,7 @@ class QaieQuantizer(Quantizer):
                 continue
             if _annotation(node) is None:
                 raise NotImplementedError(
-                    f"no quantization rule for {node.target} ({node.name}); add one to qaie.quantize.RULES"
+                    f"no quantization rule for {node.target} ({node.name}); add one to qaie.quant.quantize.RULES"
                 )
 
 
@@ -368,7 +368,7 @@ def _tag(prepared: GraphModule, config: ModelConfig, mode: QuantMode) -> GraphMo
 def graph_info(prepared: GraphModule) -> tuple[ModelConfig, QuantMode]:
     """The ModelConfig and mode ("qat" | "ptq") a graph was prepared from."""
     info = prepared.meta.get(_META_KEY)
-    assert info is not None, "not a graph from qaie.quantize.prepare_qat/prepare_ptq"
+    assert info is not None, "not a graph from qaie.quant.quantize.prepare_qat/prepare_ptq"
     return info["config"], info["mode"]
 
 
@@ -399,7 +399,7 @@ def calibration_batches(
 ) -> list[Tensor]:
     """PTQ calibration data: `images` training crops of the data `spec` (cycling through small
     datasets with fresh random crops), as (B, 3, crop, crop) batches in [0, 1]."""
-    from qaie.data import make_dataset
+    from qaie.data.datasets import make_dataset
 
     if images < 1:
         raise QaieError(f"--calibrate-images must be at least 1, got {images}")
@@ -457,7 +457,7 @@ def calibrate_checkpoint(
     """PTQ as a checkpoint: the FP32 checkpoint `source` prepared, calibrated on `images`
     training crops of `data`, saved to `out` (reloads like a QAT checkpoint; `qaie export`
     and `qaie parity` take it). No training."""
-    from qaie.checkpoint import load_model, save_model
+    from qaie.quant.checkpoint import load_model, save_model
 
     loaded = load_model(source)
     if loaded.quant is not None:

@@ -1,5 +1,5 @@
 """Split the network at its instance-norm statistics, so a photo of any size can be enhanced
-in tiles and still get the whole-photo result (see qaie.wholephoto, which runs the stages).
+in tiles and still get the whole-photo result (see qaie.runtime.wholephoto, which runs the stages).
 
 Every InstanceNorm takes its mean and variance over the whole tensor it is given; everything
 else in the network is local (convolutions, pools, resizes). Cut the graph where the five norm
@@ -10,10 +10,10 @@ keeping the maps that cross stages, gives exactly the whole-image output with me
 by a few int8 feature maps instead of every activation.
 
 The split works on an exported graph: the FP32 network, or the quantized reference model
-(`qaie.quantize.convert`), so the stages carry exactly the trained scales. A crossing map of
+(`qaie.quant.quantize.convert`), so the stages carry exactly the trained scales. A crossing map of
 a quantized graph is cut at its int8 tensor (the stage writes it quantized, the next one reads
 it at the same scale): converted to LiteRT, stages pass int8 tensors, nothing is requantized.
-The statistics themselves are computed outside the graph (`qaie.wholephoto.norm_statistics`)
+The statistics themselves are computed outside the graph (`qaie.runtime.wholephoto.norm_statistics`)
 from the chain of scales recorded here, the way the reference model computes them.
 """
 
@@ -272,10 +272,10 @@ def split(module: GraphModule) -> Stages:
 
 def static_graph(net: nn.Module, size: tuple[int, int]) -> GraphModule:
     """The graph `split` takes, at one (H, W): a torch.export of an FP32 EnhanceNet, or the
-    quantized reference model of a prepared QAT/PTQ graph (`qaie.quantize`)."""
+    quantized reference model of a prepared QAT/PTQ graph (`qaie.quant.quantize`)."""
     example = torch.rand(1, 3, *size)
     if isinstance(net, GraphModule):
-        from qaie import quantize
+        from qaie.quant import quantize
 
         return quantize.convert(quantize.reprepare(net, example, dynamic=False))
     return torch.export.export(copy.deepcopy(net).eval(), (example,), strict=False).module()
@@ -294,7 +294,7 @@ class TorchStageRunner:
         self.meta = next(iter(self._stages.values())).meta
 
     def quant(self, name: str):
-        from qaie.wholephoto import Quant
+        from qaie.runtime.wholephoto import Quant
 
         return Quant(np.dtype(np.float32))
 

@@ -6,12 +6,12 @@ split (checkpoints are selected on validation only), benchmarked, analysed layer
 and reported. The run folder:
 
     demo.json                         the DemoConfig of the run (a rerun must match it)
-    fp32/, qat/                       training runs (qaie.train): best.ckpt, last.ckpt, metrics.csv
+    fp32/, qat/                       training runs (qaie.experiment.train): best.ckpt, last.ckpt, metrics.csv
     ptq.ckpt                          fp32/best.ckpt calibrated on training crops (PTQ)
     fp32.tflite, ptq_int8.tflite, qat_int8.tflite   (+ .json sidecars; INT8 with uint8 I/O)
     stages/evaluate.json, stages/bench.json, stages/sensitivity.json   each stage's numbers
     samples/<image>/{input,fp32,ptq_int8,qat_int8,target}.png
-    results.json, report.html, report.md, figures/   (schema and layout: qaie.report)
+    results.json, report.html, report.md, figures/   (schema and layout: qaie.experiment.report)
 
 Re-running resumes: a stage whose outputs exist and are newer than its inputs is reused
 (make's rule), an interrupted training run continues from its last.ckpt, and a stage whose
@@ -34,8 +34,8 @@ from tqdm import tqdm
 from qaie.atomic import write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
-from qaie.report import MODELS, ReportResult, build_report
-from qaie.runtime import format_size
+from qaie.experiment.report import MODELS, ReportResult, build_report
+from qaie.runtime.litert import format_size
 
 Size = tuple[int, int]  # (H, W)
 Log = Callable[[str], None]
@@ -78,10 +78,10 @@ class DemoConfig:
     is the 1-2 minute version the test suite runs.
 
     Args:
-        data: data spec (`qaie.data`) for the train, val and test splits.
+        data: data spec (`qaie.data.datasets`) for the train, val and test splits.
         model: the architecture (width and the paper's ablation switches).
         seed: seeds the weights, training crops, degradations and calibration crops.
-        epochs, lr, batch_size, crop, repeats, val_crop: FP32 training (`qaie.train.TrainConfig`).
+        epochs, lr, batch_size, crop, repeats, val_crop: FP32 training (`qaie.experiment.train.TrainConfig`).
         qat_epochs, qat_lr, freeze_observers_after: QAT fine-tuning from the FP32 best.ckpt
             (same batch size and crops).
         calibrate_images: PTQ calibration crops from the training split.
@@ -115,7 +115,7 @@ class DemoConfig:
     samples: int = 3
 
     def __post_init__(self) -> None:
-        from qaie.quantize import MIN_SIZE
+        from qaie.quant.quantize import MIN_SIZE
 
         counts = {
             "calibrate_images": self.calibrate_images,
@@ -141,7 +141,7 @@ class DemoConfig:
 
     def train_configs(self, init: str):  # -> tuple[TrainConfig, TrainConfig] (lazy import)
         """The FP32 and the QAT run's TrainConfig; QAT starts from `init` (the FP32 best.ckpt)."""
-        from qaie.train import TrainConfig
+        from qaie.experiment.train import TrainConfig
 
         common = dict(
             data=self.data,
@@ -334,7 +334,7 @@ class _Run:
     # --- 1-3: training and calibration ------------------------------------------------------------
 
     def _train(self, qat: bool) -> tuple[bool, str]:
-        from qaie.train import train
+        from qaie.experiment.train import train
 
         fp32_config, qat_config = self.config.train_configs(str(self.fp32_best.resolve()))
         run_dir = self.dir / ("qat" if qat else "fp32")
@@ -355,7 +355,7 @@ class _Run:
     def calibrate_ptq(self) -> tuple[bool, str]:
         if _fresh([self.ptq], [self.fp32_best]):
             return True, ""
-        from qaie.quantize import calibrate_checkpoint
+        from qaie.quant.quantize import calibrate_checkpoint
 
         c = self.config
         calibrate_checkpoint(
@@ -366,9 +366,9 @@ class _Run:
     # --- 4-6: the deployed artifacts ----------------------------------------------------------------
 
     def export(self) -> tuple[bool, str]:
-        from qaie.checkpoint import load_model
-        from qaie.export import export_tflite
-        from qaie.runtime import sidecar_path
+        from qaie.quant.checkpoint import load_model
+        from qaie.quant.export import export_tflite
+        from qaie.runtime.litert import sidecar_path
 
         reused = True
         for name in MODELS:
@@ -391,11 +391,11 @@ class _Run:
         out = self.stage_json["evaluate"]
         if _fresh([out], [*self.tflite.values(), self.ptq, self.qat_best]):
             return True, ""
-        from qaie.data import make_dataset
-        from qaie.evaluate import evaluate, tflite_predictor
-        from qaie.parity import run_parity
-        from qaie.tflite_ops import inspect_tflite
-        from qaie.train import VAL_SEED
+        from qaie.data.datasets import make_dataset
+        from qaie.experiment.evaluate import evaluate, tflite_predictor
+        from qaie.experiment.parity import run_parity
+        from qaie.experiment.train import VAL_SEED
+        from qaie.quant.tflite_ops import inspect_tflite
 
         c = self.config
         test = make_dataset(c.data, "test", crop=None, seed=VAL_SEED)
@@ -421,7 +421,7 @@ class _Run:
         out = self.stage_json["bench"]
         if _fresh([out], self.tflite.values()):
             return True, ""
-        from qaie.bench import bench
+        from qaie.runtime.bench import bench
 
         c = self.config
         data = {}
@@ -442,10 +442,10 @@ class _Run:
         out = self.stage_json["sensitivity"]
         if _fresh([out], [self.fp32_best]):
             return True, ""
-        from qaie import quantize
-        from qaie.checkpoint import load_model
-        from qaie.data import make_dataset
-        from qaie.train import VAL_SEED
+        from qaie.data.datasets import make_dataset
+        from qaie.experiment.train import VAL_SEED
+        from qaie.quant import quantize
+        from qaie.quant.checkpoint import load_model
 
         c = self.config
         test = make_dataset(
@@ -460,14 +460,14 @@ class _Run:
         return False, f"{len(result.layers)} layers; worst {worst['layer']} (-{worst['psnr_drop']:.2f} dB)"
 
     def _sample_names(self) -> list[str]:
-        from qaie.data import make_dataset
-        from qaie.train import VAL_SEED
+        from qaie.data.datasets import make_dataset
+        from qaie.experiment.train import VAL_SEED
 
         c = self.config
         return make_dataset(c.data, "test", crop=None, seed=VAL_SEED, limit=c.samples).names
 
     def _sample_paths(self) -> list[Path]:
-        from qaie.report import SAMPLE_COLUMNS
+        from qaie.experiment.report import SAMPLE_COLUMNS
 
         root = self.dir / "samples"
         return [root / name / f"{col}.png" for name in self._sample_names() for col in SAMPLE_COLUMNS]
@@ -475,10 +475,10 @@ class _Run:
     def samples(self) -> tuple[bool, str]:
         if _fresh(self._sample_paths(), self.tflite.values()):
             return True, ""
-        from qaie.data import make_dataset
-        from qaie.evaluate import tflite_predictor
+        from qaie.data.datasets import make_dataset
+        from qaie.experiment.evaluate import tflite_predictor
+        from qaie.experiment.train import VAL_SEED
         from qaie.imageio import write_image
-        from qaie.train import VAL_SEED
 
         c = self.config
         test = make_dataset(c.data, "test", crop=None, seed=VAL_SEED, limit=c.samples)
@@ -508,10 +508,10 @@ class _Run:
         return False, f"{self.report_result.html.name}, {self.report_result.markdown.name}"
 
     def _results(self) -> dict:
-        """results.json (the schema `qaie.report` reads) from the stages' JSON files."""
+        """results.json (the schema `qaie.experiment.report` reads) from the stages' JSON files."""
         from qaie.cli import versions
-        from qaie.metrics import CONVENTION
-        from qaie.model import EnhanceNet, macs_per_pixel, param_count
+        from qaie.nn.metrics import CONVENTION
+        from qaie.nn.model import EnhanceNet, macs_per_pixel, param_count
 
         c = self.config
         ev, bench, sens = (json.loads(p.read_text()) for p in self.stage_json.values())
@@ -567,7 +567,7 @@ def layer_sensitivity(
 ) -> Sensitivity:
     """How much PSNR each layer loses when it alone is quantized with PTQ.
 
-    One fake-quant graph (`qaie.quantize.prepare_qat`, the same quantizer as PTQ and QAT) is
+    One fake-quant graph (`qaie.quant.quantize.prepare_qat`, the same quantizer as PTQ and QAT) is
     calibrated as PTQ is (observers on, fake quantization off; its moving-average observers see
     what PTQ's see), then the quantizers are switched on one layer at a time: a layer's
     quantizers are its weights' and those of the activations its ops produce. An activation
@@ -582,7 +582,8 @@ def layer_sensitivity(
     """
     from torchao.quantization.pt2e import FakeQuantizeBase, disable_fake_quant
 
-    from qaie import metrics, quantize
+    from qaie.nn import metrics
+    from qaie.quant import quantize
 
     graph = quantize.prepare_qat(net, x[:2])
     graph.apply(disable_fake_quant)

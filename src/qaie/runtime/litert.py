@@ -22,7 +22,7 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.imageio import MIN_SIZE
-from qaie.wholephoto import Quant, StageRunner, enhance_whole
+from qaie.runtime.wholephoto import Quant, StageRunner, enhance_whole
 
 Size = tuple[int, int]  # (H, W)
 
@@ -169,7 +169,7 @@ _STAGE_SIGNATURE = re.compile(r"stage(\d+)_(\d+)x(\d+)")
 
 
 class TFLiteStages:
-    """The stage signatures of an exported file (``stage{k}_{H}x{W}``, see qaie.split), as a
+    """The stage signatures of an exported file (``stage{k}_{H}x{W}``, see qaie.quant.split), as a
     `wholephoto.StageRunner`: whole-photo enhancement in windows of each exported size."""
 
     def __init__(self, interpreter, meta: dict) -> None:

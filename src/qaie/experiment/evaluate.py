@@ -1,8 +1,8 @@
 """Evaluate a model on a data split: PSNR/SSIM of its output and of the input (the baseline).
 
 The model is anything that maps an image to an image (a `Predictor`): a checkpoint through
-`qaie.checkpoint.load_model`, or an exported `.tflite` through the LiteRT runtime (uint8 in
-and out, as on the phone). Metrics follow `qaie.metrics.CONVENTION`.
+`qaie.quant.checkpoint.load_model`, or an exported `.tflite` through the LiteRT runtime (uint8 in
+and out, as on the phone). Metrics follow `qaie.nn.metrics.CONVENTION`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from qaie import metrics
+from qaie.nn import metrics
 
 if TYPE_CHECKING:
-    from qaie.checkpoint import LoadedModel
+    from qaie.quant.checkpoint import LoadedModel
 
 # (1, 3, H, W) float32 in [0, 1] -> the enhanced image: a tensor of that shape, or a uint8
-# (H, W, 3) array (what a LiteRT model returns); `qaie.metrics` accepts both.
+# (H, W, 3) array (what a LiteRT model returns); `qaie.nn.metrics` accepts both.
 Predictor = Callable[[torch.Tensor], torch.Tensor | np.ndarray]
 
 
@@ -65,7 +65,7 @@ class FidelityResult:
 
 def checkpoint_predictor(path: str | os.PathLike) -> Predictor:
     """A checkpoint's network; a QAT/PTQ one as its quantized reference model (int8 simulated)."""
-    from qaie.checkpoint import load_model
+    from qaie.quant.checkpoint import load_model
 
     return loaded_predictor(load_model(path))
 
@@ -74,7 +74,7 @@ def loaded_predictor(loaded: LoadedModel) -> Predictor:
     """`checkpoint_predictor` of a checkpoint already loaded (its `net` is left as it is)."""
     net = loaded.net
     if loaded.quant is not None:
-        from qaie.quantize import convert
+        from qaie.quant.quantize import convert
 
         net = convert(net)
 
@@ -87,7 +87,7 @@ def loaded_predictor(loaded: LoadedModel) -> Predictor:
 
 def tflite_predictor(path: str | os.PathLike) -> Predictor:
     """An exported model in the LiteRT interpreter; inputs rounded to uint8 as a camera gives them."""
-    from qaie.runtime import TFLiteModel, enhance_image
+    from qaie.runtime.litert import TFLiteModel, enhance_image
 
     model = TFLiteModel(path)
 

@@ -2,7 +2,7 @@
 
 The network's instance norms take their statistics over the whole image, so enhancing tiles
 independently computes a different function per tile (tile-shaped tone and colour casts).
-`qaie.split` cuts the network into stages at those statistics; here the stages run one after
+`qaie.quant.split` cuts the network into stages at those statistics; here the stages run one after
 another over overlapping windows of the photo:
 
     stage 0 over every window -> feature maps (whole photo, int8 for INT8 models)
@@ -16,7 +16,7 @@ step quantized at its trained scale, from a per-channel histogram of the int8 ma
 the maps that cross stages (about 40 bytes per pixel for c=32 INT8) plus one window's
 activations, never every activation of the photo.
 
-Torch-free: runners for LiteRT files (qaie.runtime) and for checkpoints (qaie.enhance) both
+Torch-free: runners for LiteRT files (qaie.runtime.litert) and for checkpoints (qaie.runtime.enhance) both
 implement `StageRunner`.
 """
 
@@ -65,7 +65,7 @@ class Quant:
 
 
 class StageRunner(Protocol):
-    """What whole-photo enhancement needs from a model split into stages (`qaie.split`)."""
+    """What whole-photo enhancement needs from a model split into stages (`qaie.quant.split`)."""
 
     meta: dict  # Stages.meta: stages (inputs, outputs), maps, norms
     window_sizes: tuple[Size, ...]  # window sizes the stages can run at

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from qaie.degrade import CameraModel, blockiness, degrade
+from qaie.data.degrade import CameraModel, blockiness, degrade
 from qaie.errors import QaieError, QaieWarning
 from qaie.imageio import list_images, read_rgb
 
@@ -141,7 +141,7 @@ def to_markdown(result: Comparison, command: str) -> str:
         "",
         f"Produced by `{command}`. Each cell: median [5th - 95th percentile] over "
         f"{result.n_real} real photos and {result.n_simulated} clean photos, plain and degraded by "
-        "a camera sampled from `CameraModel` (qaie.degrade). Statistics are taken at each photo's "
+        "a camera sampled from `CameraModel` (qaie.data.degrade). Statistics are taken at each photo's "
         "own resolution. *Covered*: share of real photos inside the simulated 5-95% range.",
         "",
         "| statistic | real phone | clean | simulated | covered |",

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from qaie.errors import QaieError
-from qaie.runtime import read_sidecar
+from qaie.runtime.litert import read_sidecar
 
-MODELS_DIR = Path(__file__).parent / "assets" / "models"
+MODELS_DIR = Path(__file__).parents[1] / "assets" / "models"
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class PhotoDataset(torch.utils.data.Dataset):
     target would be (there is none; `qaie evaluate` needs --reference on this data).
 
     Train: random crops (`repeats` per photo per epoch); val/test: centre crops; crop None: whole
-    photos. Randomness from `np.random.default_rng([seed, epoch, index])`, as qaie.data does.
+    photos. Randomness from `np.random.default_rng([seed, epoch, index])`, as qaie.data.datasets does.
     """
 
     def __init__(

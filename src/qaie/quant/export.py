@@ -1,6 +1,6 @@
 """Export EnhanceNet to LiteRT (`.tflite`) with litert-torch: FP32, or integer-only INT8.
 
-The I/O contract (what `qaie.runtime` relies on):
+The I/O contract (what `qaie.runtime.litert` relies on):
 - one signature per exported size, named ``enhance_{H}x{W}``, all in one file (they share
   the weight buffers, so a second size adds only its graph, not a second copy of the weights);
 - each signature has exactly one input ``image`` and one output ``enhanced``, both
@@ -8,9 +8,9 @@ The I/O contract (what `qaie.runtime` relies on):
 - FP32: float32 in [0, 1]. INT8: int8 with scale 1/255, zero point -128 (pixel value
   p in 0..255 is stored as p - 128), or with ``uint8_io`` uint8 with scale 1/255, zero point 0;
 - beside each ``enhance_{H}x{W}``, the six stage signatures ``stage{k}_{H}x{W}`` of the
-  network split at its instance-norm statistics (qaie.split), whose inputs and outputs are
+  network split at its instance-norm statistics (qaie.quant.split), whose inputs and outputs are
   named feature maps and statistics, int8 at their trained scales in an INT8 file: with them
-  `qaie.wholephoto` computes the whole-photo output of any photo in windows of that size.
+  `qaie.runtime.wholephoto` computes the whole-photo output of any photo in windows of that size.
   The sidecar's ``stages`` entry says how they connect.
 
 INT8 files are integer-only: every op between input and output runs on int8/int32 tensors.
@@ -39,14 +39,14 @@ import torch
 from torch import Tensor, nn
 from torch.fx import GraphModule
 
-from qaie import quantize, split
 from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
-from qaie.model import EnhanceNet
-from qaie.runtime import sidecar_path
-from qaie.tflite_ops import OpTable, inspect_tflite
-from qaie.wholephoto import is_window
+from qaie.nn.model import EnhanceNet
+from qaie.quant import quantize, split
+from qaie.quant.tflite_ops import OpTable, inspect_tflite
+from qaie.runtime.litert import sidecar_path
+from qaie.runtime.wholephoto import is_window
 
 Format = Literal["fp32", "int8"]
 Size = tuple[int, int]  # (H, W)
@@ -72,7 +72,7 @@ class ExportResult:
     file_bytes: int
     seconds: float
     ops: OpTable
-    stages: dict | None  # qaie.split meta: how the stage signatures connect (None: none)
+    stages: dict | None  # qaie.quant.split meta: how the stage signatures connect (None: none)
 
 
 class _NhwcIo(nn.Module):
@@ -88,7 +88,7 @@ class _NhwcIo(nn.Module):
 
 
 class _NhwcStage(nn.Module):
-    """One stage of `qaie.split` with NHWC tensors by name in and out (maps, statistics)."""
+    """One stage of `qaie.quant.split` with NHWC tensors by name in and out (maps, statistics)."""
 
     def __init__(self, graph: GraphModule, inputs: list[str]) -> None:
         super().__init__()
@@ -257,7 +257,7 @@ def export_tflite(
     """Convert `source` to `out` (.tflite) with one signature per (H, W) in `sizes`.
 
     Args:
-        source: an FP32 EnhanceNet, or a prepared QAT/PTQ graph (`qaie.quantize`), whose
+        source: an FP32 EnhanceNet, or a prepared QAT/PTQ graph (`qaie.quant.quantize`), whose
             learned/calibrated scales are exported as they are.
         fmt: "fp32" or "int8". INT8 of an FP32 model first runs PTQ on `calibration`.
         sizes: input sizes to export, each becomes signature ``enhance_{H}x{W}``.
@@ -265,7 +265,7 @@ def export_tflite(
         uint8_io: INT8 only: uint8 input/output (zero point 0) instead of int8 (-128).
         calibration: (B, 3, h, w) batches in [0, 1] for PTQ (any h, w).
         source_checkpoint: recorded in the sidecar.
-        stages: also export the stage signatures ``stage{k}_{H}x{W}`` (qaie.split) of each
+        stages: also export the stage signatures ``stage{k}_{H}x{W}`` (qaie.quant.split) of each
             size that can be a window (`wholephoto.is_window`: sides multiples of 8, at least
             88), with which the runtime enhances photos of any size as one whole photo.
             Without them a larger photo is enhanced tile by tile, each tile with its own

@@ -16,7 +16,7 @@ import numpy as np
 
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
-from qaie.runtime import read_sidecar, sidecar_path
+from qaie.runtime.litert import read_sidecar, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,17 @@ def run_parity(
     size the file exports (each image centre-cropped or mirror-padded to the size); the
     checkpoint is QAT/PTQ for an INT8 file, FP32 for an FP32 one.
 
-    PyTorch side: for QAT/PTQ checkpoints the quantized reference (`qaie.quantize.convert`
+    PyTorch side: for QAT/PTQ checkpoints the quantized reference (`qaie.quant.quantize.convert`
     of the prepared graph, which is also the frozen fake-quant model's function); for FP32
     the float network. Both sides get the same 8-bit input (the crop rounded to uint8).
     """
     import torch
     from tqdm import tqdm
 
-    from qaie import quantize
-    from qaie.checkpoint import load_model
-    from qaie.data import make_dataset
-    from qaie.runtime import TFLiteModel
+    from qaie.data.datasets import make_dataset
+    from qaie.quant import quantize
+    from qaie.quant.checkpoint import load_model
+    from qaie.runtime.litert import TFLiteModel
 
     model = TFLiteModel(tflite)
     loaded = load_model(checkpoint)

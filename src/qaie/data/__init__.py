@@ -1,0 +1,1 @@
+"""Paired and unlabelled photo datasets and the synthetic camera model."""

@@ -1,0 +1,1 @@
+"""Training, evaluation, parity, the demo pipeline and its report."""

@@ -1,0 +1,1 @@
+"""The deployed model, torch-free: LiteRT files, whole photos, shipped models, benchmarks."""
