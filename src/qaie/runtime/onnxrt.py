@@ -1,0 +1,223 @@
+"""The ONNX Runtime runtime: run an exported `.onnx` (qaie.quant.export_onnx) on photos of any size.
+
+Torch-free (onnxruntime and numpy), like the LiteRT runtime. A file exported by qaie has
+dynamic H and W, so a photo runs in one pass, the network's whole-photo output (`sizes` is
+None for `enhance_image`); a file with a fixed size takes photos of that size, padded or tiled.
+Input and output are NCHW: int8 at the scale and zero point the file's metadata records
+(``qaie.io.scale``, ``qaie.io.zero_point``), or float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qaie.errors import QaieError
+from qaie.runtime.litert import PixelCodec, Size, default_threads
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "enhanced"
+IO_META = "qaie.io."  # metadata_props prefix of the I/O quantization
+INSTALL_HINT = "ONNX needs the onnx extra: pip install 'qaie[onnx]'"
+_FLOAT = ("float", "double", "float16")
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+
+
+def import_onnxruntime():
+    """onnxruntime, or a one-line error naming the extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise QaieError(INSTALL_HINT) from None
+    return onnxruntime
+
+
+def _session(path: Path, threads: int, profile: str | None = None):
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for bad files
+        reason = str(err).strip().splitlines()[0][:160]
+        raise QaieError(f"{path}: not an ONNX model ONNX Runtime can load ({reason})") from None
+
+
+class OnnxModel:
+    """An exported enhancement model in ONNX Runtime (CPU).
+
+    Args:
+        path: the `.onnx` file.
+        num_threads: intra-op threads (default: all cores this process may use).
+    """
+
+    stages = None  # one pass over the whole photo: no stage windows needed
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.num_threads = default_threads() if num_threads is None else num_threads
+        if not isinstance(self.num_threads, int) or self.num_threads < 1:
+            raise QaieError(f"thread count must be a positive integer, got {self.num_threads!r}")
+        if not self.path.is_file():
+            raise QaieError(f"{self.path}: model file not found")
+        self._session = _session(self.path, self.num_threads)
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
+        if len(inputs) != 1 or len(outputs) != 1 or len(shape) != 4 or shape[:2] != (1, 3):
+            raise QaieError(
+                f"{self.path}: not an image model (one (1, 3, H, W) input and output); export it with `qaie export`"
+            )
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self._input_name, self._output_name = inputs[0].name, outputs[0].name
+        self.input = self._codec(inputs[0].type, meta)
+        self.output = self._codec(outputs[0].type, meta)
+        fixed = all(isinstance(d, int) for d in shape[2:])
+        self.sizes: tuple[Size, ...] | None = ((shape[2], shape[3]),) if fixed else None
+
+    def _codec(self, ort_type: str, meta: dict[str, str]) -> PixelCodec:
+        dtype = _ORT_TYPES.get(ort_type)
+        if dtype is None:
+            raise QaieError(f"{self.path}: image tensors of type {ort_type} are not supported")
+        if np.dtype(dtype).kind == "f":
+            return PixelCodec(np.dtype(dtype))
+        try:
+            return PixelCodec(
+                np.dtype(dtype), float(meta[IO_META + "scale"]), int(meta[IO_META + "zero_point"])
+            )
+        except (KeyError, ValueError):
+            raise QaieError(
+                f"{self.path}: integer I/O without its scale and zero point ({IO_META}*)"
+            ) from None
+
+    @property
+    def is_int8(self) -> bool:
+        return self.input.dtype.kind in "iu" or self.output.dtype.kind in "iu"
+
+    def run(self, tile: np.ndarray) -> np.ndarray:
+        """Enhance one image: uint8 (H, W, 3) -> uint8 (H, W, 3)."""
+        assert tile.ndim == 3 and tile.shape[2] == 3 and tile.dtype == np.uint8, tile.shape
+        x = np.ascontiguousarray(self.input.encode(tile).transpose(2, 0, 1)[None])  # (1, 3, H, W)
+        (y,) = self._session.run([self._output_name], {self._input_name: x})
+        return self.output.decode(y[0].transpose(1, 2, 0))
+
+
+def onnx_op_table(model) -> dict[str, int]:
+    """Op type -> count over the nodes of an onnx.ModelProto's main graph."""
+    return dict(Counter(_op_name(n) for n in model.graph.node))
+
+
+def _op_name(node) -> str:
+    return f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """One kind of kernel ONNX Runtime ran: op, input/output element types, how often."""
+
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    count: int
+
+    @property
+    def is_float(self) -> bool:
+        """Computes in float: a float output, or QuantizeLinear (float in); the float scales
+        that integer kernels such as QLinearConv take do not count."""
+        return self.op == "QuantizeLinear" or any(t in _FLOAT for t in self.outputs)
+
+
+@dataclass(frozen=True)
+class OnnxOpTable:
+    """`qaie inspect F.onnx`: the ops in the file and the kernels ONNX Runtime runs after its
+    graph optimizations (QDQ groups fused into integer kernels), with their types."""
+
+    file_ops: dict[str, int]
+    kernels: list[KernelRow]
+    inputs: list[dict]
+    outputs: list[dict]
+
+    @property
+    def float_ops(self) -> int:
+        """Kernels that compute in float (QuantizeLinear/DequantizeLinear included)."""
+        return sum(r.count for r in self.kernels if r.is_float)
+
+    @property
+    def total_ops(self) -> int:
+        return sum(r.count for r in self.kernels)
+
+    def to_json(self) -> dict:
+        return {
+            "file_ops": self.file_ops,
+            "kernels": [asdict(r) for r in self.kernels],
+            "total_ops": self.total_ops,
+            "float_ops": self.float_ops,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+        }
+
+
+def inspect_onnx(path: str | os.PathLike, size: Size = (64, 64)) -> OnnxOpTable:
+    """What ONNX Runtime runs for `path`: one profiled run on a `size` image (one thread)."""
+    path = Path(path)
+    if not path.is_file():
+        raise QaieError(f"{path}: cannot read (no such file); give an existing .onnx file")
+    try:
+        import onnx
+    except ImportError:
+        raise QaieError(INSTALL_HINT) from None
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # protobuf's DecodeError and friends
+        raise QaieError(f"{path}: not an ONNX model (it does not parse); give a .onnx file") from None
+    runner = OnnxModel(path, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = _session(path, 1, profile=str(Path(tmp) / "profile"))
+        x = runner.input.encode(np.zeros((*size, 3), np.uint8)).transpose(2, 0, 1)[None]
+        session.run(None, {runner._input_name: np.ascontiguousarray(x)})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    counts: Counter[tuple[str, tuple[str, ...], tuple[str, ...]]] = Counter()
+    for event in events:
+        args = event.get("args", {})
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        types = [
+            tuple(next(iter(t)) for t in args.get(key, []))
+            for key in ("input_type_shape", "output_type_shape")
+        ]
+        counts[(args.get("op_name", "?"), *types)] += 1
+    rows = [KernelRow(op, ins, outs, n) for (op, ins, outs), n in sorted(counts.items())]
+
+    def io(values) -> list[dict]:
+        return [
+            {"name": v.name, "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(),
+             "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
+            for v in values
+        ]  # fmt: skip
+
+    return OnnxOpTable(onnx_op_table(model), rows, io(model.graph.input), io(model.graph.output))
+
+
+def format_onnx_table(table: OnnxOpTable) -> str:
+    """Human-readable table (what `qaie inspect F.onnx` prints without --json)."""
+    lines = ["in the file: " + ", ".join(f"{op} {n}" for op, n in sorted(table.file_ops.items()))]
+    lines.append("as ONNX Runtime (CPU) runs it, after fusing QDQ groups:")
+    lines.append(f"{'count':>5}  {'kernel':<26} inputs -> outputs")
+    for r in table.kernels:
+        flag = "  [float]" if r.is_float else ""
+        lines.append(f"{r.count:>5}  {r.op:<26} {','.join(r.inputs)} -> {','.join(r.outputs)}{flag}")
+    lines.append(f"total kernels: {table.total_ops}  float: {table.float_ops}")
+    for kind, values in (("input ", table.inputs), ("output", table.outputs)):
+        lines += [f"{kind} {v['name']} {v['shape']} {v['dtype']}" for v in values]
+    return "\n".join(lines)
