@@ -395,12 +395,24 @@ def _run_calibrate(args: argparse.Namespace) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="convert a checkpoint to a LiteRT .tflite (FP32 or integer-only INT8)")
+    p = sub.add_parser(
+        "export", help="convert a checkpoint to LiteRT .tflite, ONNX .onnx or ExecuTorch .pte (FP32 or INT8)"
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="FP32, QAT or PTQ checkpoint")
     p.add_argument("--format", required=True, choices=("fp32", "int8"), help="INT8 keeps QAT/PTQ scales")
-    p.add_argument("--size", required=True, metavar="HxW[,HxW...]", help="input sizes, one signature each")
     p.add_argument(
-        "--out", required=True, metavar="FILE.tflite", help="sidecar JSON goes to FILE.tflite.json"
+        "--size",
+        metavar="HxW[,HxW...]",
+        help="input sizes, one signature each (.tflite, .pte; .onnx: any size)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.tflite|FILE.onnx|FILE.pte",
+        help="the runtime follows the extension; sidecar JSON goes to FILE.EXT.json",
+    )
+    p.add_argument(
+        "--runtime", choices=tuple(EXPORT_RUNTIMES.values()), help="must agree with --out's extension"
     )
     p.add_argument("--calibrate", metavar="SPEC", help="INT8 from an FP32 checkpoint: PTQ on this data")
     p.add_argument("--calibrate-images", type=int, default=128, help="PTQ training crops (default 128)")
@@ -416,6 +428,26 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_export)
 
 
+EXPORT_RUNTIMES = {".tflite": "litert", ".onnx": "onnx", ".pte": "executorch"}
+
+
+def _export_runtime(args: argparse.Namespace) -> str:
+    """The runtime `qaie export` writes for: --out's extension (other commands tell files by it)."""
+    from pathlib import Path
+
+    suffix = Path(args.out).suffix.lower()
+    runtime = EXPORT_RUNTIMES.get(suffix)
+    if runtime is None:
+        raise QaieError(f"{args.out}: an exported model's name must end in {', '.join(EXPORT_RUNTIMES)}")
+    if args.runtime and args.runtime != runtime:
+        raise QaieError(f"{args.out}: a {suffix} file is for {runtime}, not --runtime {args.runtime}")
+    if runtime == "onnx" and args.size:
+        raise QaieError("--size: an .onnx file takes any size (dynamic H and W); drop --size")
+    if runtime != "onnx" and not args.size:
+        raise QaieError(f"--size is required for a {suffix} file (e.g. --size 512x512)")
+    return runtime
+
+
 def _run_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -423,6 +455,10 @@ def _run_export(args: argparse.Namespace) -> None:
     from qaie.quant.export import check_output, export_tflite
     from qaie.runtime.litert import parse_sizes
 
+    runtime = _export_runtime(args)
+    if runtime != "litert":
+        _run_export_other(args, runtime)
+        return
     out = Path(args.out)
     check_output(out, args.overwrite)
     sizes = parse_sizes(args.size, "--size")
@@ -464,6 +500,53 @@ def _run_export(args: argparse.Namespace) -> None:
     )
 
 
+def _calibration(args: argparse.Namespace, loaded):  # -> list[Tensor] | None
+    """PTQ batches for an INT8 export of an FP32 checkpoint (None otherwise)."""
+    if args.format != "int8" or loaded.quant is not None:
+        return None
+    if not args.calibrate:
+        raise QaieError(f"{args.checkpoint}: FP32 checkpoint; INT8 needs PTQ data, pass --calibrate SPEC")
+    from qaie.quant.quantize import calibration_batches
+
+    return calibration_batches(args.calibrate, images=args.calibrate_images, crop=args.calibrate_crop)
+
+
+def _run_export_other(args: argparse.Namespace, runtime: str) -> None:
+    """`qaie export` to ONNX (any size) or ExecuTorch (one method per --size)."""
+    from pathlib import Path
+
+    from qaie.quant.checkpoint import load_model
+
+    out = Path(args.out)
+    if runtime == "onnx":
+        from qaie.quant.export_onnx import check_onnx_output, export_onnx
+
+        check_onnx_output(out, args.overwrite)
+        loaded = load_model(args.checkpoint)
+        result = export_onnx(
+            loaded.net, args.format, out, calibration=_calibration(args, loaded),
+            source_checkpoint=str(args.checkpoint),
+        )  # fmt: skip
+        sizes = "any size (dynamic H, W)"
+    else:
+        from qaie.quant.export_executorch import check_pte_output, export_pte
+        from qaie.runtime.litert import parse_sizes
+
+        check_pte_output(out, args.overwrite)
+        size_list = parse_sizes(args.size, "--size")
+        loaded = load_model(args.checkpoint)
+        result = export_pte(
+            loaded.net, args.format, size_list, out, calibration=_calibration(args, loaded),
+            source_checkpoint=str(args.checkpoint),
+        )  # fmt: skip
+        sizes = "methods " + ", ".join(result.methods)
+    kind = f"int8 ({result.quant})" if result.quant else "fp32"
+    print(f"wrote {out} ({kind}, {result.file_bytes} bytes, {result.seconds:.1f} s) and {result.sidecar}")
+    io = result.io
+    q = f" scale {io['scale']:.8g} zero point {io['zero_point']}" if io["scale"] else ""
+    print(f"  {sizes}; I/O: {io['input']} -> {io['output']}, {io['layout']} {io['dtype']}{q}")
+
+
 def _add_import(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="the paper's official INT8 .tflite as an FP32 checkpoint")
     p.add_argument("model", metavar="FILE.tflite", help="an INT8 LiteRT file of the paper's network")
@@ -488,8 +571,10 @@ def _run_import(args: argparse.Namespace) -> None:
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="op table of a .tflite: dtypes, float ops, quantize/dequantize ops")
-    p.add_argument("model", metavar="FILE.tflite")
+    p = sub.add_parser(
+        "inspect", help="op table of a .tflite, .onnx or .pte: dtypes, float ops, quantize/dequantize ops"
+    )
+    p.add_argument("model", metavar="FILE.tflite|FILE.onnx|FILE.pte")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_run_inspect)
 
@@ -497,6 +582,15 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 def _run_inspect(args: argparse.Namespace) -> None:
     from qaie.quant.tflite_ops import format_table, inspect_tflite
 
+    suffix = args.model.lower().rsplit(".", 1)[-1]
+    if suffix == "onnx":
+        from qaie.runtime import onnxrt
+
+        inspect_tflite, format_table = onnxrt.inspect_onnx, onnxrt.format_onnx_table
+    elif suffix == "pte":
+        from qaie.quant import export_executorch
+
+        inspect_tflite, format_table = export_executorch.inspect_pte, export_executorch.format_pte_table
     table = inspect_tflite(args.model)
     print(json.dumps(table.to_json(), indent=2) if args.json else format_table(table))
 

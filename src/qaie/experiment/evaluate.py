@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -86,10 +85,11 @@ def loaded_predictor(loaded: LoadedModel) -> Predictor:
 
 
 def tflite_predictor(path: str | os.PathLike) -> Predictor:
-    """An exported model in the LiteRT interpreter; inputs rounded to uint8 as a camera gives them."""
-    from qaie.runtime.litert import TFLiteModel, enhance_image
+    """An exported model (.tflite, .onnx, .pte) in its runtime; inputs rounded to uint8 as a camera gives them."""
+    from qaie.quant.deployed import open_deployed
+    from qaie.runtime.litert import enhance_image
 
-    model = TFLiteModel(path)
+    model = open_deployed(path)
 
     def predict(x: torch.Tensor) -> np.ndarray:
         pixels = (x[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()  # (H, W, 3)
@@ -99,8 +99,10 @@ def tflite_predictor(path: str | os.PathLike) -> Predictor:
 
 
 def predictor_for(path: str | os.PathLike) -> Predictor:
-    """The predictor for a model file: `.tflite` through LiteRT, anything else as a checkpoint."""
-    return tflite_predictor(path) if Path(path).suffix == ".tflite" else checkpoint_predictor(path)
+    """The predictor for a model file: an exported file through its runtime, anything else as a checkpoint."""
+    from qaie.quant.deployed import is_deployed
+
+    return tflite_predictor(path) if is_deployed(path) else checkpoint_predictor(path)
 
 
 def evaluate(

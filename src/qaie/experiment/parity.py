@@ -87,9 +87,10 @@ class ParityReport:
 def run_parity(
     checkpoint: Path, tflite: Path, data: str, *, limit: int | None = None, seed: int = 0
 ) -> ParityReport:
-    """Run the checkpoint's model and the `.tflite` on the same validation images at every
-    size the file exports (each image centre-cropped or mirror-padded to the size); the
-    checkpoint is QAT/PTQ for an INT8 file, FP32 for an FP32 one.
+    """Run the checkpoint's model and the exported file (.tflite, .onnx) on the same validation
+    images at every size the file exports (each image centre-cropped or mirror-padded to the
+    size; a file of any size takes each image whole); the checkpoint is QAT/PTQ for an INT8
+    file, FP32 for an FP32 one.
 
     PyTorch side: for QAT/PTQ checkpoints the quantized reference (`qaie.quant.quantize.convert`
     of the prepared graph, which is also the frozen fake-quant model's function); for FP32
@@ -101,9 +102,9 @@ def run_parity(
     from qaie.data.datasets import make_dataset
     from qaie.quant import quantize
     from qaie.quant.checkpoint import load_model
-    from qaie.runtime.litert import TFLiteModel
+    from qaie.quant.deployed import open_deployed
 
-    model = TFLiteModel(tflite)
+    model = open_deployed(tflite)
     loaded = load_model(checkpoint)
     _check_same_network(checkpoint, loaded.config, tflite)
     if loaded.quant is None and model.is_int8:
@@ -116,15 +117,16 @@ def run_parity(
     dataset = make_dataset(data, "val", crop=None, seed=seed, limit=limit)  # whole images
     images = [dataset[i][0].permute(1, 2, 0).numpy() for i in range(len(dataset))]  # (h, w, 3)
     per_size, refs, acts = {}, [], []
-    for h, w in model.sizes:
+    for size in model.sizes or [None]:  # None: any size (ONNX), each image whole
+        key = f"{size[0]}x{size[1]}" if size else "whole"
         size_refs, size_acts = [], []
-        for image in tqdm(images, desc=f"parity {h}x{w}", leave=False):
-            pixels = to_uint8(fit(image, h, w))  # (h, w, 3): what both sides see
+        for image in tqdm(images, desc=f"parity {key}", leave=False):
+            pixels = to_uint8(fit(image, *size) if size else image)  # (h, w, 3): what both sides see
             with torch.no_grad():
                 x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
                 size_refs.append(to_uint8(net(x)[0].permute(1, 2, 0).numpy()).ravel())
             size_acts.append(model.run(pixels).ravel())
-        per_size[f"{h}x{w}"] = compare(np.concatenate(size_refs), np.concatenate(size_acts))
+        per_size[key] = compare(np.concatenate(size_refs), np.concatenate(size_acts))
         refs += size_refs
         acts += size_acts
     overall = compare(np.concatenate(refs), np.concatenate(acts))

@@ -1,4 +1,4 @@
-"""Latency and memory of an exported model in the LiteRT interpreter (`qaie bench`).
+"""Latency and memory of an exported model in its runtime (`qaie bench`): LiteRT or ONNX Runtime.
 
 Each (frame size, threads) configuration runs in a fresh Python process, so its peak RSS
 (`getrusage` maxrss) belongs to that configuration alone: `peak_rss_mb` is the whole
@@ -13,6 +13,7 @@ uint8 <-> model-tensor conversion; warm-up runs are excluded.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -26,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from qaie.errors import QaieError
-from qaie.runtime.litert import Size, TFLiteModel, choose_tile, enhance_image, format_size, plan_tiles
+from qaie.runtime.formats import open_deployed
+from qaie.runtime.litert import Size, TileModel, choose_tile, enhance_image, format_size, plan_tiles
 from qaie.runtime.wholephoto import choose_window, padded_size, plan_axis
 
 
@@ -63,9 +65,11 @@ class BenchReport:
         return dataclasses.asdict(self)
 
 
-def frame_mode(model: TFLiteModel, size: Size) -> tuple[str, Size, int]:
+def frame_mode(model: TileModel, size: Size) -> tuple[str, Size, int]:
     """How a frame of `size` runs: mode, the exported size used (tile, or stage window), and
     interpreter calls per frame."""
+    if model.sizes is None:  # any size (ONNX): the frame in one call
+        return "direct", size, 1
     if model.stages is not None and size not in model.sizes:
         padded = padded_size(*size, model.stages.window_sizes)
         window = choose_window(model.stages.window_sizes, padded)
@@ -84,8 +88,10 @@ def bench(
     path = Path(path)
     if runs < 1 or warmup < 0:
         raise QaieError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    model = TFLiteModel(path, num_threads=1)  # fails here, once, on a bad file
+    model = open_deployed(path, num_threads=1)  # fails here, once, on a bad file
     rows = []
+    if not sizes and model.sizes is None:
+        raise QaieError(f"{path}: takes any frame size; pass --size HxW[,HxW...]")
     for size in sizes or list(model.sizes):
         frame_mode(model, size)  # a bad size fails before any run
         for n in threads:
@@ -128,7 +134,7 @@ def _max_rss_mb() -> float:
 def measure(path: Path, size: Size, threads: int, runs: int, warmup: int) -> BenchRow:
     """Time one configuration in this process (call it in a fresh one for honest memory)."""
     base_mb = _max_rss_mb()
-    model = TFLiteModel(path, num_threads=threads)
+    model = open_deployed(path, num_threads=threads)
     mode, tile, tiles = frame_mode(model, size)
     frame = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)  # content-independent
     times = []
@@ -147,8 +153,8 @@ def measure(path: Path, size: Size, threads: int, runs: int, warmup: int) -> Ben
 
 
 if __name__ == "__main__":  # the fresh process of one configuration: prints its row as JSON
-    import ai_edge_litert.interpreter  # noqa: F401  (imported before the baseline RSS is taken)
-
     model_path, h, w, n_threads, n_runs, n_warmup = sys.argv[1:]
+    # (the runtime is imported before the baseline RSS is taken)
+    importlib.import_module("onnxruntime" if model_path.endswith(".onnx") else "ai_edge_litert.interpreter")
     row = measure(Path(model_path), (int(h), int(w)), int(n_threads), int(n_runs), int(n_warmup))
     print(json.dumps(dataclasses.asdict(row)))

@@ -37,6 +37,10 @@ def open_model(
     PyTorch (stages in windows of `tile`, default CHECKPOINT_TILE; with `whole`, the whole
     photo in one pass: the reference), or, when None, the shipped model."""
     path = default_model() if path is None else Path(path)
+    if path.suffix.lower() in (".onnx", ".pte"):  # ONNX: any size, the whole photo in one pass
+        from qaie.quant.deployed import open_deployed  # (torch only for .pte)
+
+        return open_deployed(path, num_threads)
     if path.suffix.lower() == ".tflite":
         if whole:
             raise QaieError(
