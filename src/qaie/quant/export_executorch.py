@@ -1,0 +1,292 @@
+"""Export EnhanceNet to ExecuTorch (`.pte`) with the XNNPACK backend, and run and inspect it.
+
+INT8 is the PT2E reference graph (`qaie.quant.quantize.convert`) lowered as it is, with the
+QAT/PTQ scales, its weight quantizes folded into int8 constants (torchao's `constant_fold`,
+what `convert_pt2e(fold_quantize=True)` does: the same integers): XNNPACK's partitioner
+takes each quantize -> op -> dequantize group it has an int8 kernel for (with float weights
+it takes no convolution); what it does not take runs in ExecuTorch's portable kernels (`qaie
+inspect F.pte` lists them). FP32 is the float network, delegated the same way.
+
+One method per exported size, ``enhance_{H}x{W}`` (fixed shapes, as for `.tflite`); input
+and output are float32 NCHW in [0, 1] (an INT8 method quantizes its input at scale 1/255,
+zero point -128 inside the delegate, which maps every 8-bit pixel exactly, and dequantizes
+its output likewise). Beside every `FILE.pte` a sidecar `FILE.pte.json`.
+
+ExecuTorch's Python runtime is built on torch, so the runner lives here, not in the
+torch-free `qaie.runtime`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.fx import GraphModule
+
+from qaie.atomic import atomic_path, check_writable, write_text_atomic
+from qaie.config import ModelConfig, to_dict
+from qaie.errors import QaieError
+from qaie.nn.model import EnhanceNet
+from qaie.quant import quantize
+from qaie.quant.export_onnx import package_versions
+from qaie.runtime.litert import Size, check_pixels, sidecar_path
+
+INSTALL_HINT = "ExecuTorch needs the executorch extra: pip install 'qaie[executorch]'"
+_METHOD = re.compile(r"enhance_(\d+)x(\d+)")
+
+
+def method_name(size: Size) -> str:
+    return f"enhance_{size[0]}x{size[1]}"
+
+
+@dataclass(frozen=True)
+class PteExportResult:
+    path: Path
+    sidecar: Path
+    format: str
+    quant: str | None
+    methods: list[str]
+    io: dict
+    file_bytes: int
+    seconds: float
+    ops: PteOpTable
+
+
+def check_pte_output(out: Path, overwrite: bool = True) -> None:
+    check_writable(out, overwrite)
+    check_writable(sidecar_path(out), overwrite)
+
+
+def _lowering():  # -> (to_edge_transform_and_lower, XnnpackPartitioner)
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError:
+        raise QaieError(INSTALL_HINT) from None
+    return to_edge_transform_and_lower, XnnpackPartitioner
+
+
+def _vector_scalars(graph: GraphModule) -> None:
+    """0-d constants (the instance norms' quantized eps) -> shape (1,), the same under
+    broadcasting: XNNPACK's channels-last pass indexes every quantized constant's first dim."""
+    for node in graph.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner, _, name = node.target.rpartition(".")
+        module = graph.get_submodule(owner) if owner else graph
+        value = getattr(module, name)
+        if isinstance(value, Tensor) and value.dim() == 0:
+            setattr(module, name, value.reshape(1))
+    graph.recompile()
+
+
+def export_pte(
+    source: EnhanceNet | GraphModule,
+    fmt: str,
+    sizes: list[Size],
+    out: Path,
+    *,
+    calibration: Iterable[Tensor] | None = None,
+    source_checkpoint: str | None = None,
+) -> PteExportResult:
+    """Write `source` to `out` (.pte), one XNNPACK-delegated method per (H, W) in `sizes`.
+
+    Args mirror `qaie.quant.export_onnx.export_onnx`; `sizes` as for `export_tflite`.
+    """
+    from torchao.quantization.pt2e.constant_fold import constant_fold
+    from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
+
+    from qaie.quant.export_onnx import quantized_graph
+
+    to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
+    out = Path(out)
+    check_pte_output(out)
+    sizes = list(dict.fromkeys(tuple(s) for s in sizes))
+    if not sizes:
+        raise QaieError("no export size given; pass --size HxW[,HxW...]")
+    start = time.perf_counter()
+    programs = {}
+    if fmt == "fp32":
+        if not isinstance(source, EnhanceNet):
+            raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
+        quant, config = None, source.config
+        for size in sizes:
+            programs[method_name(size)] = torch.export.export(source.eval(), (torch.rand(1, 3, *size),))
+    elif fmt == "int8":
+        prepared = quantized_graph(source, calibration)
+        config, quant = quantize.graph_info(prepared)
+        for size in sizes:
+            example = torch.rand(1, 3, *size)
+            static = quantize.convert(quantize.reprepare(prepared, example, dynamic=False))
+            _vector_scalars(static)
+            constant_fold(static, _quant_node_constraint)  # int8 weights: what XNNPACK delegates
+            static.recompile()
+            programs[method_name(size)] = torch.export.export(static, (example,))
+    else:
+        raise QaieError(f"format {fmt!r}: expected fp32 or int8")
+    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+    data = edge.to_executorch().buffer
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+    io = {
+        "layout": "NCHW",
+        "dtype": "float32",
+        "scale": None,
+        "zero_point": None,
+        "input": "image",
+        "output": "enhanced",
+    }
+    result = PteExportResult(
+        out, sidecar_path(out), fmt, quant, list(programs), io, len(data), time.perf_counter() - start,
+        pte_op_table(data),
+    )  # fmt: skip
+    write_text_atomic(
+        result.sidecar, json.dumps(_sidecar(result, config, source_checkpoint), indent=2) + "\n"
+    )
+    return result
+
+
+def _sidecar(result: PteExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
+    return {
+        "file": result.path.name,
+        "runtime": "executorch",
+        "backend": "xnnpack",
+        "format": result.format,
+        "quant": result.quant,
+        "model_config": to_dict(config),
+        "methods": result.methods,
+        "io": result.io,
+        "file_bytes": result.file_bytes,
+        "ops": result.ops.to_json(),
+        "source_checkpoint": source_checkpoint,
+        "versions": package_versions("qaie", "torch", "torchao", "executorch"),
+    }
+
+
+# --- inspecting ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PteOpTable:
+    """What each method of a `.pte` calls: XNNPACK delegate calls, and the kernels outside it
+    (ExecuTorch's portable kernels; those not named quantized_decomposed compute in float)."""
+
+    delegate_calls: int
+    kernels: dict[str, int]  # operator name -> calls, outside the delegate
+
+    @property
+    def float_ops(self) -> int:
+        """Kernel calls outside the delegate that compute in float (every one but the integer
+        quantize/dequantize kernels' integer side: those count too, they take or give float)."""
+        return sum(self.kernels.values())
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "float_ops": self.float_ops}
+
+
+def pte_op_table(data: bytes) -> PteOpTable:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+    from executorch.exir.schema import DelegateCall, KernelCall
+
+    program = deserialize_pte_binary(data).program
+    delegates, kernels = 0, Counter()
+    for plan in program.execution_plan:
+        for chain in plan.chains:
+            for instruction in chain.instructions:
+                args = instruction.instr_args
+                if isinstance(args, DelegateCall):
+                    delegates += 1
+                elif isinstance(args, KernelCall):
+                    op = plan.operators[args.op_index]
+                    kernels[f"{op.name}.{op.overload}" if op.overload else op.name] += 1
+    return PteOpTable(delegates, dict(sorted(kernels.items())))
+
+
+def inspect_pte(path: str | os.PathLike) -> PteOpTable:
+    """`qaie inspect F.pte`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise QaieError(f"{path}: cannot read ({err.strerror}); give an existing .pte file") from None
+    _lowering()
+    try:
+        return pte_op_table(data)
+    except Exception:  # flatbuffer parsing of a damaged file fails anywhere
+        raise QaieError(f"{path}: not an ExecuTorch program (it does not parse); give a .pte file") from None
+
+
+def format_pte_table(table: PteOpTable) -> str:
+    lines = [f"XNNPACK delegate calls: {table.delegate_calls}", "kernels outside the delegate:"]
+    lines += [f"{n:>5}  {op}" for op, n in table.kernels.items()] or ["    (none)"]
+    lines.append(f"float_ops: {table.float_ops}")
+    return "\n".join(lines)
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+class PteModel:
+    """An exported `.pte` in ExecuTorch's runtime (XNNPACK), one method per exported size.
+
+    Args:
+        path: the `.pte` file.
+        num_threads: XNNPACK threads (ExecuTorch's Python runtime uses its own thread pool;
+            None leaves its default).
+    """
+
+    stages = None
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise QaieError(f"{self.path}: model file not found")
+        try:
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise QaieError(INSTALL_HINT) from None
+        if num_threads is not None:
+            _set_threads(num_threads)
+        try:
+            self._program = Runtime.get().load_program(self.path)
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise QaieError(f"{self.path}: not an ExecuTorch program ({reason})") from None
+        self._methods = {}
+        for name in self._program.method_names:
+            match = _METHOD.fullmatch(name)
+            if match:
+                self._methods[tuple(map(int, match.groups()))] = self._program.load_method(name)
+        if not self._methods:
+            raise QaieError(f"{self.path}: no enhance_HxW method; export it with `qaie export`")
+        self.sizes: tuple[Size, ...] = tuple(sorted(self._methods))
+        from qaie.runtime.litert import read_sidecar
+
+        self.is_int8 = read_sidecar(self.path).get("format") == "int8"
+
+    def run(self, tile: np.ndarray) -> np.ndarray:
+        """Enhance one tile of an exported size: uint8 (H, W, 3) -> uint8 (H, W, 3)."""
+        check_pixels(tile)
+        x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)[None].float() / 255
+        (y,) = self._methods[tile.shape[:2]].execute([x.contiguous()])
+        return (y[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _set_threads(n: int) -> None:
+    """XNNPACK's thread pool size, where the installed runtime exposes it."""
+    try:
+        from executorch.extension.pybindings import portable_lib
+    except ImportError:
+        return
+    setter = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    if setter is not None:
+        setter(n)

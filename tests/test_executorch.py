@@ -1,0 +1,69 @@
+"""ExecuTorch (.pte, XNNPACK) export and runner: the same quantized graph, its scales, delegated.
+
+Skipped where the executorch extra is not installed (CI installs only `dev`); run with it:
+`pip install -e '.[dev,executorch]'`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from conftest import QUANT_SIZES
+
+from qaie.cli import main
+from qaie.errors import QaieError
+
+pytest.importorskip(
+    "executorch.runtime", reason="the executorch extra is not installed (pip install 'qaie[executorch]')"
+)
+
+INT8_PARITY_DB = 40.0  # as for .tflite and .onnx (tests/test_parity.py): a width-4 network
+FP32_PARITY_DB = 55.0
+
+
+@pytest.fixture(scope="module")
+def pte_files(quant_models, tmp_path_factory: pytest.TempPathFactory):
+    from qaie.quant.export_executorch import export_pte
+
+    out = tmp_path_factory.mktemp("pte")
+    paths = {"qat": out / "qat.pte", "fp32": out / "fp32.pte"}
+    export_pte(quant_models.qat, "int8", QUANT_SIZES[:1], paths["qat"], source_checkpoint="qat.ckpt")
+    export_pte(quant_models.fp32, "fp32", QUANT_SIZES[:1], paths["fp32"], source_checkpoint="fp32.ckpt")
+    return paths
+
+
+def test_int8_convolutions_are_delegated(pte_files):
+    from qaie.quant.export_executorch import inspect_pte
+
+    table = inspect_pte(pte_files["qat"])
+    assert table.delegate_calls >= 1
+    assert not [op for op in table.kernels if "convolution" in op or "quantize_per_channel" in op]
+
+
+def test_parity(quant_models, pte_files):
+    from qaie.experiment.parity import run_parity
+
+    int8 = run_parity(quant_models.ckpt["qat"], pte_files["qat"], "builtin", limit=3)
+    fp32 = run_parity(quant_models.ckpt["fp32"], pte_files["fp32"], "builtin", limit=3)
+    assert int8.overall.psnr >= INT8_PARITY_DB and fp32.overall.psnr >= FP32_PARITY_DB
+
+
+def test_cli_enhance_and_inspect(pte_files, tmp_path, capsys):
+    from PIL import Image
+    from test_wholephoto import gradient_photo
+
+    photo = tmp_path / "p.png"
+    Image.fromarray(gradient_photo(100, 132)).save(photo)
+    assert main(["enhance", str(photo), "-o", str(tmp_path / "e.png"), "--model", str(pte_files["qat"])]) == 0
+    assert (tmp_path / "e.png").is_file()
+    assert main(["inspect", str(pte_files["qat"])]) in (0, None)
+    assert "XNNPACK delegate calls" in capsys.readouterr().out
+
+
+def test_missing_extra_is_one_line(pte_files, monkeypatch):
+    from qaie.quant.export_executorch import PteModel
+
+    monkeypatch.setitem(sys.modules, "executorch.runtime", None)
+    with pytest.raises(QaieError, match=r"pip install 'qaie\[executorch\]'"):
+        PteModel(pte_files["qat"])
