@@ -207,8 +207,8 @@ def _int8_weights(model) -> None:
         weight = torch.from_numpy(_array(model, q.input[0]).copy())
         codes = torch.ops.quantized_decomposed.quantize_per_channel(
             weight,
-            torch.from_numpy(scale).double(),
-            torch.from_numpy(zero).long(),
+            torch.from_numpy(scale.copy()).double(),
+            torch.from_numpy(zero.copy()).long(),
             axis,
             low,
             high,
