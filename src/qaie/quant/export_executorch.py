@@ -62,6 +62,8 @@ class PteExportResult:
 
 
 def check_pte_output(out: Path, overwrite: bool = True) -> None:
+    """Fail before any work if the executorch extra is missing or `out` or its sidecar cannot be written."""
+    _lowering()
     check_writable(out, overwrite)
     check_writable(sidecar_path(out), overwrite)
 

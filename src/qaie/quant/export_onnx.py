@@ -47,7 +47,7 @@ from qaie.errors import QaieError
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize
 from qaie.runtime.litert import sidecar_path
-from qaie.runtime.onnxrt import INPUT_NAME, IO_META, OUTPUT_NAME, onnx_op_table
+from qaie.runtime.onnxrt import INPUT_NAME, INSTALL_HINT, IO_META, OUTPUT_NAME, onnx_op_table
 
 OPSET = 21
 _MAX_SIDE = 1 << 14
@@ -67,7 +67,13 @@ class OnnxExportResult:
 
 
 def check_onnx_output(out: Path, overwrite: bool = True) -> None:
-    """Fail before any work if `out` or its sidecar cannot be written (or exist, unless `overwrite`)."""
+    """Fail before any work if the onnx extra is missing, or `out` or its sidecar cannot be
+    written (or exist, unless `overwrite`)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (torch.onnx's exporter)
+    except ImportError:
+        raise QaieError(INSTALL_HINT) from None
     check_writable(out, overwrite)
     check_writable(sidecar_path(out), overwrite)
 
