@@ -270,7 +270,7 @@ CASES = [
      "qaie export: error: {pairs_missing}/input/3.png: no partner named 3.* in {pairs_missing}/target "
      "(pairs are matched by name)"),
     ("export-not-tflite", [*EXPORT[:-1], "out.jpg"],
-     "qaie export: error: out.jpg: an exported model's name must end in .tflite"),
+     "qaie export: error: out.jpg: an exported model's name must end in .tflite, .onnx, .pte"),
     ("export-no-folder", [*EXPORT[:-1], "nodir/out.tflite"],
      "qaie export: error: nodir/out.tflite: folder nodir does not exist"),
     ("export-uint8-io-fp32", [*EXPORT, "--uint8-io"], "qaie export: error: --uint8-io applies to INT8 exports only"),

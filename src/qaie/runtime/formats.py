@@ -16,22 +16,18 @@ from qaie.runtime.litert import TileModel
 DEPLOYED_SUFFIXES = (".tflite", ".onnx")
 
 
-def is_deployed(path: str | os.PathLike) -> bool:
-    """True for a file this layer runs (by its extension)."""
-    return Path(path).suffix.lower() in DEPLOYED_SUFFIXES
-
-
 def open_deployed(path: str | os.PathLike, num_threads: int | None = None) -> TileModel:
-    """The runtime for an exported file: LiteRT for `.tflite`, ONNX Runtime for `.onnx`."""
+    """The runtime for an exported file: ONNX Runtime for `.onnx`, LiteRT for anything else
+    (which says whether the file is a `.tflite`)."""
     suffix = Path(path).suffix.lower()
-    if suffix == ".tflite":
-        from qaie.runtime.litert import TFLiteModel
-
-        return TFLiteModel(path, num_threads)
     if suffix == ".onnx":
         from qaie.runtime.onnxrt import OnnxModel
 
         return OnnxModel(path, num_threads)
-    raise QaieError(
-        f"{path}: unknown model type {suffix!r}; pass an exported {' or '.join(DEPLOYED_SUFFIXES)}"
-    )
+    if suffix == ".pte":
+        raise QaieError(
+            f"{path}: an ExecuTorch file runs through torch, not here; time it with tools/runtime_latency.py"
+        )
+    from qaie.runtime.litert import TFLiteModel
+
+    return TFLiteModel(path, num_threads)
