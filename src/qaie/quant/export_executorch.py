@@ -187,8 +187,8 @@ class PteOpTable:
 
     @property
     def float_ops(self) -> int:
-        """Kernel calls outside the delegate that compute in float (every one but the integer
-        quantize/dequantize kernels' integer side: those count too, they take or give float)."""
+        """Kernel calls outside the delegate: ExecuTorch's portable kernels, not XNNPACK's int8
+        ones (for this network the nearest resizes, which copy)."""
         return sum(self.kernels.values())
 
     def to_json(self) -> dict:
