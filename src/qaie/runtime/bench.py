@@ -89,9 +89,9 @@ def bench(
     if runs < 1 or warmup < 0:
         raise QaieError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
     model = open_deployed(path, num_threads=1)  # fails here, once, on a bad file
-    rows = []
     if not sizes and model.sizes is None:
         raise QaieError(f"{path}: takes any frame size; pass --size HxW[,HxW...]")
+    rows = []
     for size in sizes or list(model.sizes):
         frame_mode(model, size)  # a bad size fails before any run
         for n in threads:
