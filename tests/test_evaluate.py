@@ -11,9 +11,8 @@ import torch
 
 from qaie.cli import main
 from qaie.config import ModelConfig
-from qaie.data.datasets import make_dataset
+from qaie.data.datasets import VAL_SEED, make_dataset
 from qaie.experiment.evaluate import evaluate, predictor_for
-from qaie.experiment.train import VAL_SEED
 from qaie.nn.metrics import CONVENTION, psnr, ssim
 from qaie.nn.model import EnhanceNet
 from qaie.quant.checkpoint import save_model

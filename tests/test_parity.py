@@ -11,7 +11,8 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
 from qaie.cli import main
-from qaie.experiment.parity import compare, run_parity, to_uint8
+from qaie.experiment.parity import compare, run_parity
+from qaie.imageio import to_uint8
 
 # INT8 artifacts vs the quantized reference they were converted from. Nearly every value is
 # bit-exact; the rare near-ties that XNNPACK's float requantization (or TFLite's integer

@@ -31,7 +31,7 @@ import torch
 from qaie.data.degrade import CameraModel, Frame, degrade, psf_radius
 from qaie.data.photos import PhotoDataset
 from qaie.errors import QaieError, QaieWarning
-from qaie.imageio import MIN_SIZE, image_size, list_images, read_header, read_rgb
+from qaie.imageio import MIN_IMAGE_SIDE, image_size, list_images, read_header, read_rgb
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -41,6 +41,7 @@ SPEC_SYNTAX = (
     "builtin | synthetic:FOLDER | pairs:FOLDER | dped:FOLDER[:iphone|blackberry|sony] | photos:FOLDER"
 )
 DEFAULT_CROP = 100  # the DPED patch size
+VAL_SEED = 0  # val/test degradations are fixed by this seed, so runs with any --seed compare
 
 # Flat folders without train/val/test subfolders are split by a hash of the file stem: files
 # ordered by hash, the first VAL_PERCENT go to val, the next TEST_PERCENT to test, the rest to
@@ -155,8 +156,10 @@ def make_dataset(
     if split not in SPLITS:
         raise QaieError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     crop_hw = (crop, crop) if isinstance(crop, int) else crop
-    if crop_hw is not None and min(crop_hw) < MIN_SIZE:
-        raise QaieError(f"crop must be at least {MIN_SIZE} pixels (the network's minimum size), got {crop}")
+    if crop_hw is not None and min(crop_hw) < MIN_IMAGE_SIDE:
+        raise QaieError(
+            f"crop must be at least {MIN_IMAGE_SIDE} pixels (the network's minimum size), got {crop}"
+        )
     for name, value, least in (("seed", seed, 0), ("repeats", repeats, 1), ("limit", limit, 1)):
         if value is not None and value < least:
             raise QaieError(f"{name} must be at least {least}, got {value}")

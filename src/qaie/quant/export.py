@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from torch.fx import GraphModule
 from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
+from qaie.imageio import Size
+from qaie.jsonio import dumps
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize, split
 from qaie.quant.tflite_ops import OpTable, inspect_tflite
@@ -49,7 +50,6 @@ from qaie.runtime.litert import sidecar_path
 from qaie.runtime.wholephoto import is_window
 
 Format = Literal["fp32", "int8"]
-Size = tuple[int, int]  # (H, W)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "enhanced"
@@ -323,14 +323,12 @@ def export_tflite(
         ops=ops,
         stages=meta,
     )
-    write_text_atomic(
-        result.sidecar, json.dumps(_sidecar(result, config, source_checkpoint), indent=2) + "\n"
-    )
+    write_text_atomic(result.sidecar, dumps(_sidecar(result, config, source_checkpoint)))
     return result
 
 
 def _sidecar(result: ExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
-    from qaie.cli import versions
+    from qaie.versions import versions
 
     return {
         "file": result.path.name,

@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from qaie.errors import QaieError
-from qaie.runtime.litert import Size, TFLiteModel, choose_tile, enhance_image, format_size, plan_tiles
+from qaie.imageio import Size
+from qaie.jsonio import dumps
+from qaie.runtime.litert import TFLiteModel, choose_tile, enhance_image, format_size, plan_tiles
 from qaie.runtime.wholephoto import choose_window, padded_size, plan_axis
 
 
@@ -151,4 +153,4 @@ if __name__ == "__main__":  # the fresh process of one configuration: prints its
 
     model_path, h, w, n_threads, n_runs, n_warmup = sys.argv[1:]
     row = measure(Path(model_path), (int(h), int(w)), int(n_threads), int(n_runs), int(n_warmup))
-    print(json.dumps(dataclasses.asdict(row)))
+    print(dumps(dataclasses.asdict(row), indent=None), end="")
