@@ -3,7 +3,8 @@
 Each bad input must give exactly one line on stderr that names the file or value and what is
 wrong, exit status 2, no traceback, and leave no output or temporary file behind. Inputs that
 are converted (grayscale, palette, alpha, 16 bits, EXIF rotation) give one `warning:` line and
-the command succeeds. All files are real, written here or by the session fixtures.
+the command succeeds. All files are real, written here or by the session fixtures. This is the
+one home of CLI error cases; other test files test what commands do when they succeed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tifffile
 from PIL import Image
 
 from qaie.cli import main
+from qaie.runtime.models import default_model
 
 # --- the inputs (written once) -------------------------------------------------------------------
 
@@ -42,6 +44,15 @@ def _pairs(root: Path, names: list[str], size: tuple[int, int] = (40, 48)) -> Pa
     return root
 
 
+def _other_width_checkpoint(path: Path) -> Path:
+    from qaie.config import ModelConfig
+    from qaie.nn.model import EnhanceNet
+    from qaie.quant.checkpoint import save_model
+
+    save_model(path, EnhanceNet(ModelConfig(width=8)), ModelConfig(width=8))
+    return path
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, tiny_tflite: Path, tiny_checkpoint: Path) -> dict:
     """Good and bad files by name; string paths ready for argv and messages."""
@@ -49,6 +60,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_tflite: Path, tiny_chec
     rgb = Image.fromarray(skimage.data.chelsea()[:120, :160])  # (H, W) = (120, 160)
     f = {
         "photo": _save(d / "photo.jpg", rgb),
+        "photo_png": _save(d / "photo.png", rgb),
         "gray": _save(d / "gray.png", rgb.convert("L")),
         "palette": _save(d / "palette.png", rgb.convert("P")),
         "tiny": _save(d / "tiny.png", Image.new("RGB", (5, 4))),
@@ -87,6 +99,8 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_tflite: Path, tiny_chec
     f["truncated_ckpt"].write_bytes(ckpt[: len(ckpt) // 2])
     f["text_ckpt"].write_text("not a checkpoint\n")
     f["empty_ckpt"].write_bytes(b"")
+    f["w8_ckpt"] = _other_width_checkpoint(d / "w8.ckpt")
+    f["shipped"] = default_model()
     # Paired folders (10 names: hash split 8 train / 1 val ("9") / 1 test ("8")).
     names = [str(k) for k in range(10)]
     f["pairs_missing"] = _pairs(d / "missing", names)
@@ -204,6 +218,18 @@ CASES = [
      "qaie enhance: error: --tile none runs a checkpoint on the whole photo in one pass; a .tflite has "
      "fixed sizes (it computes the whole-photo output in windows by itself)"),
     ("enhance-quality", [*ENHANCE, "--quality", "101"], "qaie enhance: error: quality must be in 1..100, got 101"),
+    ("enhance-format-disagrees", [*ENHANCE[:3], "out.png", *ENHANCE[4:], "--format", "jpg"],
+     "qaie enhance: error: out.png: extension disagrees with --format jpg; drop one of them"),
+    ("enhance-replaces-input", [*ENHANCE[:3], "{photo}", *ENHANCE[4:], "--overwrite"],
+     "qaie enhance: error: {photo}: output would replace its input; choose another output"),
+    ("enhance-two-to-one-name", ["enhance", "{photo}", "{photo_png}", "-o", "out", "--format", "png", "--model", "{tflite}"],
+     "qaie enhance: error: out/photo.png: both {photo} and {photo_png} would be written here; rename one"),
+    ("enhance-several-to-a-file", ["enhance", "{photo}", "{photo_png}", "-o", "new.jpg", "--model", "{tflite}"],
+     "qaie enhance: error: new.jpg: names a file, but several inputs need an output folder"),
+    ("enhance-several-no-folder", ["enhance", "{photo}", "{photo_png}", "-o", "nodir/out", "--model", "{tflite}"],
+     "qaie enhance: error: nodir/out: folder nodir does not exist"),
+    ("enhance-missing-ckpt", [*ENHANCE[:4], "--model", "missing.ckpt"],
+     "qaie enhance: error: missing.ckpt: checkpoint not found"),
     # evaluate
     ("evaluate-missing-ckpt", ["evaluate", "missing.ckpt", "--data", "builtin"],
      "qaie evaluate: error: missing.ckpt: checkpoint not found"),
@@ -285,6 +311,21 @@ CASES = [
      "qaie inspect: error: {truncated_tflite}: truncated or corrupt TFLite model (its flatbuffer does not "
      "parse); export it again"),
     # parity (its kind checks are in test_parity_needs_matching_kinds)
+    ("parity-other-network", ["parity", "{w8_ckpt}", "{tflite}", "--data", "builtin"],
+     "qaie parity: error: {w8_ckpt}: not the network {tflite} was exported from (width 4 vs 8; see "
+     "tiny_fp32.tflite.json)"),
+    # import
+    ("import-text", ["import", "{text_tflite}", "--out", "x.ckpt"],
+     "qaie import: error: {text_tflite}: not a TFLite model (no TFL3 identifier); give an official INT8 .tflite"),
+    ("import-fp32", ["import", "{tflite}", "--out", "x.ckpt"],
+     "qaie import: error: {tflite}: float convolutions; qaie import reads INT8 files (per-channel int8 weights)"),
+    ("import-other-network", ["import", "{shipped}", "--out", "x.ckpt"],
+     "qaie import: error: {shipped}: 37 convolutions, the paper's network has 35; not its INT8 file"),
+    # report, demo
+    ("report-no-results", ["report", "{dir}"],
+     "qaie report: error: {dir}/results.json: not found; run `qaie demo --out {dir}` first"),
+    ("demo-foreign-folder", ["demo", "--quick", "--out", "{dir}"],
+     "qaie demo: error: {dir}: not empty and not a qaie demo folder (no demo.json); choose a new or empty --out"),
     ("parity-text-tflite", ["parity", "{ckpt}", "{text_tflite}", "--data", "builtin"],
      "qaie parity: error: {text_tflite}: " + NOT_TFLITE),
     ("parity-truncated-ckpt", ["parity", "{truncated_ckpt}", "{tflite}", "--data", "builtin"],
@@ -337,6 +378,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     else:
         assert lines[0] == expected.format(**files)
     assert _leftovers(tmp_path) == []
+
+
+def test_no_shipped_model_says_so(files: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("qaie.runtime.models.MODELS_DIR", tmp_path / "no-models")
+    code, lines = _run(["enhance", files["photo"], "-o", str(tmp_path / "out.jpg")], capsys)
+    assert (code, lines) == (
+        2,
+        ["qaie enhance: error: no model is installed in the package; pass --model FILE.tflite"],
+    )
 
 
 def test_debug_shows_the_traceback(files: dict, capsys) -> None:

@@ -173,21 +173,3 @@ def test_inspect_command(quant_models, capsys) -> None:
     assert main(["inspect", str(quant_models.tflite["fp32"])]) == 0
     text = capsys.readouterr().out
     assert "CONV_2D" in text and "[float]" in text and "float_ops:" in text
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--format", "int8", "--size", "32x32"], "needs PTQ data, pass --calibrate"),
-        (["--format", "fp32", "--size", "4x4"], "4x4"),
-    ],
-)
-def test_export_command_errors(quant_models, tmp_path: Path, capsys, args: list[str], message: str) -> None:
-    code = main(["export", str(quant_models.ckpt["fp32"]), *args, "--out", str(tmp_path / "x.tflite")])
-    assert code == 2 and message in capsys.readouterr().err
-    assert not (tmp_path / "x.tflite").exists()
-
-
-def test_quantized_checkpoint_cannot_export_fp32(quant_models, tmp_path: Path, capsys) -> None:
-    code = main(["export", str(quant_models.ckpt["ptq"]), "--format", "fp32", "--size", "32x32", "--out", str(tmp_path / "x.tflite")])  # fmt: skip
-    assert code == 2 and "FP32 export needs an FP32 checkpoint" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def _run_camera_stats(args: argparse.Namespace) -> None:
     if args.out:
         check_writable(Path(args.out), overwrite=args.overwrite)
     real, clean = folder_images(Path(args.real)), folder_images(Path(args.clean), args.limit)
-    with progress(total=len(real) + len(clean), unit="photo") as bar:
+    with progress(total=len(real) + len(clean), unit="photo", disable=None) as bar:
         result = compare(real, clean, CameraModel(), seed=args.seed, progress=lambda _: bar.update())
     limit = f" --limit {args.limit}" if args.limit else ""
     command = f"qaie camera-stats --real {args.real} --clean {args.clean}{limit} --seed {args.seed}"
@@ -152,7 +152,7 @@ def _run_enhance(args: argparse.Namespace) -> int:
     model = open_model(args.model, threads, tile, whole=whole)
     jobs = plan_jobs(args.inputs, args.out, fmt=args.format, overwrite=args.overwrite)
     single, failed = len(jobs) == 1, 0
-    with progress(total=len(jobs), unit="tile" if single else "image") as bar:
+    with progress(total=len(jobs), unit="tile" if single else "image", disable=None) as bar:
 
         def on_tile(done: int, total: int) -> None:  # one photo: its tiles are the progress
             if single:

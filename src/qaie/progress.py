@@ -37,9 +37,11 @@ class _Lines:
 
 def progress(iterable: Iterable | None = None, *, file: TextIO | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar on stderr (or `file`): in place on a terminal, a few plain lines elsewhere.
-    Takes tqdm's arguments; `disable=True` turns it off."""
+    Takes tqdm's arguments; `disable=True` turns it off, `disable=None` shows it on a terminal
+    only (for commands whose stderr is otherwise one line per problem, like `qaie enhance`)."""
     file = file or sys.stderr
-    kwargs["disable"] = bool(kwargs.get("disable"))  # tqdm's None means "off unless a terminal"
+    if kwargs.get("disable", False) is None:
+        kwargs["disable"] = not file.isatty()
     if file.isatty():
         return tqdm(iterable, file=file, dynamic_ncols=True, **kwargs)
     return tqdm(iterable, file=_Lines(file), mininterval=LOG_INTERVAL, ncols=100, ascii=True, **kwargs)

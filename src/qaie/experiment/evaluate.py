@@ -16,6 +16,7 @@ import torch
 
 from qaie.imageio import to_uint8
 from qaie.nn import metrics
+from qaie.progress import progress as progress_bar
 from qaie.quant.predict import Predictor, checkpoint_predictor
 
 
@@ -85,7 +86,7 @@ def evaluate(
     """Mean PSNR/SSIM of `predict`'s outputs, and of the inputs, against the targets."""
     sums = np.zeros(4)  # psnr, ssim, input psnr, input ssim
     n = len(dataset)
-    for i in progress(range(n), desc="evaluate", unit="image", disable=not progress):
+    for i in progress_bar(range(n), desc="evaluate", unit="image", disable=not progress):
         x, y = dataset[i]  # (3, H, W) each
         x, y = x[None], y[None]
         pred = predict(x)
@@ -116,7 +117,7 @@ def evaluate_fidelity(
     (each model sees the same whole input: instance norms make outputs depend on all of it)."""
     sums = np.zeros(2)
     n = len(dataset)
-    for i in progress(range(n), desc="fidelity", unit="image", disable=not progress):
+    for i in progress_bar(range(n), desc="fidelity", unit="image", disable=not progress):
         x = dataset[i][0][None]  # (1, 3, H, W)
         pred, ref = predict(x), reference(x)
         sums += [float(metrics.psnr(pred, ref)[0]), float(metrics.ssim(pred, ref)[0])]
