@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,8 @@ def test_export_leaves_xnnpack_whole_kernels(quant_models, cli_uint8, tmp_path, 
                    if codes[op.opcodeIndex] == 34]  # fmt: skip
         return readers, sum(codes[op.opcodeIndex] == 152 for op in graph.operators)
 
-    monkeypatch.setattr("qaie.export._xnnpack_friendly", lambda model_bytes: model_bytes)
+    export_module = sys.modules[signature_name.__module__]  # qaie.export, wherever it lives
+    monkeypatch.setattr(export_module, "_xnnpack_friendly", lambda model_bytes: model_bytes)
     plain = tmp_path / "as_converted.tflite"
     size = "x".join(map(str, QUANT_SIZES[0]))
     args = ["export", str(quant_models.ckpt["qat"]), "--format", "int8", "--size", size, "--uint8-io"]

@@ -51,7 +51,10 @@ CATEGORIES: list[tuple[str, str]] = [
 CHILD = """
 import os, sys, time
 import numpy as np
-from qaie.runtime import TFLiteModel
+try:  # qaie.runtime.litert since the layers became subpackages
+    from qaie.runtime.litert import TFLiteModel
+except ImportError:
+    from qaie.runtime import TFLiteModel
 path, threads, runs, ctl = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 model = TFLiteModel(path, num_threads=threads)
 size = model.sizes[0]

@@ -203,7 +203,8 @@ def _measure_in_subprocess(path: Path, size: Size, threads: int, runs: int, warm
 def _compare_in_subprocess(
     path: Path, other: Path, size: Size, threads: int, runs: int, warmup: int
 ) -> CompareRow:
-    args = [sys.executable, "-m", "qaie.bench", "--compare", str(path), str(other)]
+    # __name__: this module, wherever the package puts it
+    args = [sys.executable, "-m", __name__, "--compare", str(path), str(other)]
     args += [str(x) for x in (*size, threads, runs, warmup)]
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
