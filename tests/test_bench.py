@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from qaie.cli import main
-from qaie.runtime.bench import BenchRow
+from qaie.runtime.bench import BenchRow, CompareRow
 
 
 def test_bench_json_rows(tmp_path, tiny_tflite, capsys):
@@ -55,3 +57,27 @@ def test_bench_int8_model(tiny_int8_tflite, capsys):
     )
     report = json.loads(capsys.readouterr().out)
     assert report["int8"] is True and [r["mode"] for r in report["rows"]] == ["direct"]
+
+
+def test_bench_compare_alternates_in_one_process(tmp_path, tiny_tflite, tiny_int8_tflite, capsys):
+    out = tmp_path / "compare.json"
+    args = ["bench", str(tiny_int8_tflite), "--compare", str(tiny_tflite), "--threads", "1,2"]
+    assert main([*args, "--runs", "3", "--warmup", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == str(tiny_int8_tflite) and report["other"] == str(tiny_tflite)
+    assert len(report["load_avg"]) == 3
+    rows = report["rows"]
+    assert [(r["size"], r["threads"]) for r in rows] == [("96x96", 1), ("96x96", 2)]  # first shared size
+    assert {tuple(r) for r in rows} == {tuple(f.name for f in dataclasses.fields(CompareRow))}
+    for r in rows:
+        assert r["runs"] == 3 and r["warmup"] == 1 and r["median_ms"] > 0 and r["other_median_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["median_ms"] / r["other_median_ms"], rel=1e-3)
+        assert 0 < r["ratio_p10"] <= r["paired_ratio"] <= r["ratio_p90"]
+    table = capsys.readouterr().out
+    assert "A/B" in table and "load average" in table and table.count("\n") == 4 + len(rows)
+
+
+def test_bench_compare_pads_smaller_frames(tiny_tflite, capsys):
+    """(A bad OTHER file: test_cli_errors.)"""
+    code = main(["bench", str(tiny_tflite), "--compare", str(tiny_tflite), "--size", "80x60", "--runs", "1"])
+    assert code == 0 and "80x60" in capsys.readouterr().out

@@ -276,6 +276,8 @@ CASES = [
     ("bench-threads-x", [*BENCH, "--threads", "1,x"], f"qaie bench: error: --threads '1,x': {THREADS}"),
     ("bench-runs-0", [*BENCH[:2], "--runs", "0"],
      "qaie bench: error: need runs >= 1 and warmup >= 0, got runs=0, warmup=2"),
+    ("bench-compare-text-tflite", [*BENCH, "--compare", "{text_tflite}"],
+     "qaie bench: error: {text_tflite}: " + NOT_TFLITE),
     ("bench-json-no-folder", [*BENCH, "--json", "nodir/out.json"],
      "qaie bench: error: nodir/out.json: folder nodir does not exist"),
     # export

@@ -190,6 +190,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (or stdout, no table)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    p.add_argument(
+        "--compare",
+        metavar="OTHER.tflite",
+        help="time FILE and OTHER alternately in one process and print FILE/OTHER (median ratio)",
+    )
     p.set_defaults(handler=_run_bench)
 
 
@@ -197,22 +202,23 @@ def _run_bench(args: argparse.Namespace) -> None:
     import pathlib
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.runtime.bench import bench, format_table
+    from qaie.runtime.bench import bench, compare, format_compare, format_table
     from qaie.runtime.litert import parse_counts, parse_sizes
 
     sizes = parse_sizes(args.size, "--size") if args.size else None
     to_file = args.json not in (None, "-")
     if to_file:
         check_writable(pathlib.Path(args.json), args.overwrite)
-    report = bench(
-        args.model, sizes, parse_counts(args.threads, "--threads"), runs=args.runs, warmup=args.warmup
-    )
+    threads = parse_counts(args.threads, "--threads")
+    if args.compare:
+        report = compare(args.model, args.compare, sizes, threads, runs=args.runs, warmup=args.warmup)
+        table = format_compare(report)
+    else:
+        report = bench(args.model, sizes, threads, runs=args.runs, warmup=args.warmup)
+        table = format_table(report)
     if to_file:
         write_text_atomic(args.json, dumps(report.to_dict()))
-    print(
-        dumps(report.to_dict()) if args.json == "-" else format_table(report),
-        end="" if args.json == "-" else "\n",
-    )
+    print(dumps(report.to_dict()) if args.json == "-" else table, end="" if args.json == "-" else "\n")
 
 
 # --- train ------------------------------------------------------------------------------------
