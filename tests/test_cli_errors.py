@@ -53,6 +53,20 @@ def _other_width_checkpoint(path: Path) -> Path:
     return path
 
 
+def _their_checkpoints(folder: Path) -> dict[str, Path]:
+    """Torch files `qaie import` refuses: a Lightning checkpoint of the authors' network with its
+    first gated conv only, and a file that needs unpickling a Python object."""
+    import argparse
+
+    import torch
+
+    partial = {"model.down1.a.weight": torch.zeros(4, 3, 3, 3), "model.down1.a.bias": torch.zeros(4)}
+    paths = {"partial_ckpt": folder / "partial.ckpt", "pickled_ckpt": folder / "pickled.pt"}
+    torch.save({"epoch": 0, "state_dict": partial}, paths["partial_ckpt"])
+    torch.save({"state_dict": partial, "config": argparse.Namespace(channels=4)}, paths["pickled_ckpt"])
+    return paths
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, tiny_tflite: Path, tiny_checkpoint: Path) -> dict:
     """Good and bad files by name; string paths ready for argv and messages."""
@@ -101,6 +115,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_tflite: Path, tiny_chec
     f["empty_ckpt"].write_bytes(b"")
     f["w8_ckpt"] = _other_width_checkpoint(d / "w8.ckpt")
     f["shipped"] = default_model()
+    f |= _their_checkpoints(d)
     # Paired folders (10 names: hash split 8 train / 1 val ("9") / 1 test ("8")).
     names = [str(k) for k in range(10)]
     f["pairs_missing"] = _pairs(d / "missing", names)
@@ -323,6 +338,19 @@ CASES = [
      "qaie import: error: {tflite}: float convolutions; qaie import reads INT8 files (per-channel int8 weights)"),
     ("import-other-network", ["import", "{shipped}", "--out", "x.ckpt"],
      "qaie import: error: {shipped}: 37 convolutions, the paper's network has 35; not its INT8 file"),
+    ("import-qaie-ckpt", ["import", "{ckpt}", "--out", "x.ckpt"],
+     "qaie import: error: {ckpt}: a qaie checkpoint already; use it as it is (qaie import reads the authors' "
+     "files)"),
+    ("import-missing-keys", ["import", "{partial_ckpt}", "--out", "x.ckpt"],
+     "qaie import: error: {partial_ckpt}: model.down1.b.weight missing; not a complete checkpoint of the "
+     "paper's network"),
+    ("import-pickled", ["import", "{pickled_ckpt}", "--out", "x.ckpt"],
+     "qaie import: error: {pickled_ckpt}: holds pickled Python objects, not only tensors and plain data; qaie "
+     "does not unpickle them (re-save its state_dict alone where the file is trusted)"),
+    ("import-text-ckpt", ["import", "{text_ckpt}", "--out", "x.ckpt"],
+     "qaie import: error: {text_ckpt}: not a torch.save archive; give the authors' Lightning .ckpt or a .tflite"),
+    ("import-residual-tflite", ["import", "{tflite}", "--out", "x.ckpt", "--no-output-residual"],
+     "qaie import: error: --no-output-residual applies to the authors' training checkpoints (.ckpt) only"),
     # report, demo
     ("report-no-results", ["report", "{dir}"],
      "qaie report: error: {dir}/results.json: not found; run `qaie demo --out {dir}` first"),

@@ -467,9 +467,22 @@ def _run_export(args: argparse.Namespace) -> None:
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="the paper's official INT8 .tflite as an FP32 checkpoint")
-    p.add_argument("model", metavar="FILE.tflite", help="an INT8 LiteRT file of the paper's network")
+    p = sub.add_parser(
+        "import",
+        help="the paper's official INT8 .tflite, or the authors' training .ckpt, as an FP32 checkpoint",
+    )
+    p.add_argument(
+        "model",
+        metavar="FILE",
+        help="an INT8 LiteRT file of the paper's network, or a Lightning checkpoint (.ckpt, .pth, .pt) "
+        "of the authors' training code",
+    )
     p.add_argument("--out", required=True, metavar="CKPT", help="FP32 checkpoint to write")
+    p.add_argument(
+        "--no-output-residual",
+        action="store_true",
+        help="the checkpoint is their hybrid_ablate_residual variant (its weights cannot tell)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(handler=_run_import)
 
@@ -479,13 +492,24 @@ def _run_import(args: argparse.Namespace) -> None:
 
     from qaie.atomic import check_writable
     from qaie.nn.model import param_count
-    from qaie.quant.tflite_import import import_checkpoint
+    from qaie.quant.importer import import_checkpoint
 
     check_writable(Path(args.out), args.overwrite)
-    imported = import_checkpoint(args.model, args.out)
+    imported = import_checkpoint(args.model, args.out, False if args.no_output_residual else None)
+    config, source = imported.config, imported.source
+    ablated = [
+        name
+        for name, kept in (
+            ("encoder refiners", config.encoder_refiners),
+            ("fusion refiners", config.fusion_refiners),
+            ("output residual", config.output_residual),
+        )
+        if not kept
+    ]
     print(
-        f"wrote {args.out} (FP32, width {imported.config.width}, {param_count(imported.net):,} parameters; "
-        f"from {imported.source['file']} sha256 {imported.source['sha256'][:12]})"
+        f"wrote {args.out} (FP32, width {config.width}, {param_count(imported.net):,} parameters"
+        f"{''.join(f', no {name}' for name in ablated)}; "
+        f"from {source['file']} sha256 {source['sha256'][:12]})"
     )
 
 
