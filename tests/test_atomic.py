@@ -93,7 +93,7 @@ def test_check_writable(tmp_path: Path) -> None:
 def test_failed_checkpoint_save_keeps_the_old_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qaie.experiment.train import AtomicCheckpointIO
+    from qaie.experiment.callbacks import AtomicCheckpointIO
     from qaie.quant.checkpoint import load_model, save_model
 
     config = ModelConfig(width=4)

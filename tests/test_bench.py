@@ -8,7 +8,7 @@ import json
 import pytest
 
 from qaie.cli import main
-from qaie.runtime.bench import BenchRow
+from qaie.runtime.bench import BenchRow, CompareRow
 
 
 def test_bench_json_rows(tmp_path, tiny_tflite, capsys):
@@ -44,34 +44,10 @@ def test_bench_json_to_stdout_defaults_to_exported_sizes(tiny_tflite, capsys):
     ]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--size", "96"], None),  # valid: NxN
-        (["--size", "96x"], "--size '96x': expected HxW"),
-        (["--threads", "1,0"], "--threads '1,0': expected positive integers"),
-        (["--runs", "0"], "need runs >= 1"),
-    ],
-)
-def test_bench_arguments(tiny_tflite, capsys, args, message):
-    code = main(["bench", str(tiny_tflite), "--runs", "1", "--warmup", "0", *args])
-    err = capsys.readouterr().err.strip()
-    if message is None:
-        assert code == 0
-    else:
-        assert code == 2 and err.startswith(f"qaie bench: error: {message}"), err
-
-
-def test_bench_bad_model_and_existing_json(tmp_path, tiny_tflite, capsys):
-    bad = tmp_path / "bad.tflite"
-    bad.write_bytes(b"nope" * 10)
-    assert main(["bench", str(bad)]) == 2
-    assert capsys.readouterr().err.strip().startswith(f"qaie bench: error: {bad}: not a TFLite model")
-    existing = tmp_path / "b.json"
-    existing.write_text("{}")
-    assert main(["bench", str(tiny_tflite), "--json", str(existing)]) == 2
-    assert "output exists; pass --overwrite" in capsys.readouterr().err
-    assert existing.read_text() == "{}"
+def test_bench_takes_n_for_an_nxn_size(tiny_tflite, capsys):
+    """(Bad arguments: test_cli_errors.)"""
+    assert main(["bench", str(tiny_tflite), "--runs", "1", "--warmup", "0", "--size", "96"]) == 0
+    assert "96x96" in capsys.readouterr().out
 
 
 def test_bench_int8_model(tiny_int8_tflite, capsys):
@@ -81,3 +57,27 @@ def test_bench_int8_model(tiny_int8_tflite, capsys):
     )
     report = json.loads(capsys.readouterr().out)
     assert report["int8"] is True and [r["mode"] for r in report["rows"]] == ["direct"]
+
+
+def test_bench_compare_alternates_in_one_process(tmp_path, tiny_tflite, tiny_int8_tflite, capsys):
+    out = tmp_path / "compare.json"
+    args = ["bench", str(tiny_int8_tflite), "--compare", str(tiny_tflite), "--threads", "1,2"]
+    assert main([*args, "--runs", "3", "--warmup", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == str(tiny_int8_tflite) and report["other"] == str(tiny_tflite)
+    assert len(report["load_avg"]) == 3
+    rows = report["rows"]
+    assert [(r["size"], r["threads"]) for r in rows] == [("96x96", 1), ("96x96", 2)]  # first shared size
+    assert {tuple(r) for r in rows} == {tuple(f.name for f in dataclasses.fields(CompareRow))}
+    for r in rows:
+        assert r["runs"] == 3 and r["warmup"] == 1 and r["median_ms"] > 0 and r["other_median_ms"] > 0
+        assert r["ratio"] == pytest.approx(r["median_ms"] / r["other_median_ms"], rel=1e-3)
+        assert 0 < r["ratio_p10"] <= r["paired_ratio"] <= r["ratio_p90"]
+    table = capsys.readouterr().out
+    assert "A/B" in table and "load average" in table and table.count("\n") == 4 + len(rows)
+
+
+def test_bench_compare_pads_smaller_frames(tiny_tflite, capsys):
+    """(A bad OTHER file: test_cli_errors.)"""
+    code = main(["bench", str(tiny_tflite), "--compare", str(tiny_tflite), "--size", "80x60", "--runs", "1"])
+    assert code == 0 and "80x60" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 Each bad input must give exactly one line on stderr that names the file or value and what is
 wrong, exit status 2, no traceback, and leave no output or temporary file behind. Inputs that
 are converted (grayscale, palette, alpha, 16 bits, EXIF rotation) give one `warning:` line and
-the command succeeds. All files are real, written here or by the session fixtures.
+the command succeeds. All files are real, written here or by the session fixtures. This is the
+one home of CLI error cases; other test files test what commands do when they succeed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tifffile
 from PIL import Image
 
 from qaie.cli import main
+from qaie.runtime.models import default_model
 
 # --- the inputs (written once) -------------------------------------------------------------------
 
@@ -42,6 +44,29 @@ def _pairs(root: Path, names: list[str], size: tuple[int, int] = (40, 48)) -> Pa
     return root
 
 
+def _other_width_checkpoint(path: Path) -> Path:
+    from qaie.config import ModelConfig
+    from qaie.nn.model import EnhanceNet
+    from qaie.quant.checkpoint import save_model
+
+    save_model(path, EnhanceNet(ModelConfig(width=8)), ModelConfig(width=8))
+    return path
+
+
+def _their_checkpoints(folder: Path) -> dict[str, Path]:
+    """Torch files `qaie import` refuses: a Lightning checkpoint of the authors' network with its
+    first gated conv only, and a file that needs unpickling a Python object."""
+    import argparse
+
+    import torch
+
+    partial = {"model.down1.a.weight": torch.zeros(4, 3, 3, 3), "model.down1.a.bias": torch.zeros(4)}
+    paths = {"partial_ckpt": folder / "partial.ckpt", "pickled_ckpt": folder / "pickled.pt"}
+    torch.save({"epoch": 0, "state_dict": partial}, paths["partial_ckpt"])
+    torch.save({"state_dict": partial, "config": argparse.Namespace(channels=4)}, paths["pickled_ckpt"])
+    return paths
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, tiny_tflite: Path, tiny_checkpoint: Path) -> dict:
     """Good and bad files by name; string paths ready for argv and messages."""
@@ -49,6 +74,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_tflite: Path, tiny_chec
     rgb = Image.fromarray(skimage.data.chelsea()[:120, :160])  # (H, W) = (120, 160)
     f = {
         "photo": _save(d / "photo.jpg", rgb),
+        "photo_png": _save(d / "photo.png", rgb),
         "gray": _save(d / "gray.png", rgb.convert("L")),
         "palette": _save(d / "palette.png", rgb.convert("P")),
         "tiny": _save(d / "tiny.png", Image.new("RGB", (5, 4))),
@@ -87,6 +113,9 @@ def files(tmp_path_factory: pytest.TempPathFactory, tiny_tflite: Path, tiny_chec
     f["truncated_ckpt"].write_bytes(ckpt[: len(ckpt) // 2])
     f["text_ckpt"].write_text("not a checkpoint\n")
     f["empty_ckpt"].write_bytes(b"")
+    f["w8_ckpt"] = _other_width_checkpoint(d / "w8.ckpt")
+    f["shipped"] = default_model()
+    f |= _their_checkpoints(d)
     # Paired folders (10 names: hash split 8 train / 1 val ("9") / 1 test ("8")).
     names = [str(k) for k in range(10)]
     f["pairs_missing"] = _pairs(d / "missing", names)
@@ -182,8 +211,8 @@ CASES = [
     ("enhance-text-ckpt", [*ENHANCE[:4], "--model", "{text_ckpt}"],
      "qaie enhance: error: {text_ckpt}: " + NOT_CKPT),
     ("enhance-image-as-model", [*ENHANCE[:4], "--model", "{photo}"],
-     "qaie enhance: error: {photo}: unknown model type '.jpg'; pass an exported .tflite or a checkpoint "
-     "(.ckpt, .pt, .pth)"),
+     "qaie enhance: error: {photo}: unknown model type '.jpg'; pass an exported .tflite, .onnx or .pte, "
+     "or a checkpoint (.ckpt, .pt, .pth)"),
     # enhance: outputs and values
     ("enhance-no-folder", ["enhance", "{photo}", "-o", "nodir/out.jpg", "--model", "{tflite}"],
      "qaie enhance: error: nodir/out.jpg: folder nodir does not exist"),
@@ -204,6 +233,18 @@ CASES = [
      "qaie enhance: error: --tile none runs a checkpoint on the whole photo in one pass; a .tflite has "
      "fixed sizes (it computes the whole-photo output in windows by itself)"),
     ("enhance-quality", [*ENHANCE, "--quality", "101"], "qaie enhance: error: quality must be in 1..100, got 101"),
+    ("enhance-format-disagrees", [*ENHANCE[:3], "out.png", *ENHANCE[4:], "--format", "jpg"],
+     "qaie enhance: error: out.png: extension disagrees with --format jpg; drop one of them"),
+    ("enhance-replaces-input", [*ENHANCE[:3], "{photo}", *ENHANCE[4:], "--overwrite"],
+     "qaie enhance: error: {photo}: output would replace its input; choose another output"),
+    ("enhance-two-to-one-name", ["enhance", "{photo}", "{photo_png}", "-o", "out", "--format", "png", "--model", "{tflite}"],
+     "qaie enhance: error: out/photo.png: both {photo} and {photo_png} would be written here; rename one"),
+    ("enhance-several-to-a-file", ["enhance", "{photo}", "{photo_png}", "-o", "new.jpg", "--model", "{tflite}"],
+     "qaie enhance: error: new.jpg: names a file, but several inputs need an output folder"),
+    ("enhance-several-no-folder", ["enhance", "{photo}", "{photo_png}", "-o", "nodir/out", "--model", "{tflite}"],
+     "qaie enhance: error: nodir/out: folder nodir does not exist"),
+    ("enhance-missing-ckpt", [*ENHANCE[:4], "--model", "missing.ckpt"],
+     "qaie enhance: error: missing.ckpt: checkpoint not found"),
     # evaluate
     ("evaluate-missing-ckpt", ["evaluate", "missing.ckpt", "--data", "builtin"],
      "qaie evaluate: error: missing.ckpt: checkpoint not found"),
@@ -250,6 +291,8 @@ CASES = [
     ("bench-threads-x", [*BENCH, "--threads", "1,x"], f"qaie bench: error: --threads '1,x': {THREADS}"),
     ("bench-runs-0", [*BENCH[:2], "--runs", "0"],
      "qaie bench: error: need runs >= 1 and warmup >= 0, got runs=0, warmup=2"),
+    ("bench-compare-text-tflite", [*BENCH, "--compare", "{text_tflite}"],
+     "qaie bench: error: {text_tflite}: " + NOT_TFLITE),
     ("bench-json-no-folder", [*BENCH, "--json", "nodir/out.json"],
      "qaie bench: error: nodir/out.json: folder nodir does not exist"),
     # export
@@ -285,6 +328,34 @@ CASES = [
      "qaie inspect: error: {truncated_tflite}: truncated or corrupt TFLite model (its flatbuffer does not "
      "parse); export it again"),
     # parity (its kind checks are in test_parity_needs_matching_kinds)
+    ("parity-other-network", ["parity", "{w8_ckpt}", "{tflite}", "--data", "builtin"],
+     "qaie parity: error: {w8_ckpt}: not the network {tflite} was exported from (width 4 vs 8; see "
+     "tiny_fp32.tflite.json)"),
+    # import
+    ("import-text", ["import", "{text_tflite}", "--out", "x.ckpt"],
+     "qaie import: error: {text_tflite}: not a TFLite model (no TFL3 identifier); give an official INT8 .tflite"),
+    ("import-fp32", ["import", "{tflite}", "--out", "x.ckpt"],
+     "qaie import: error: {tflite}: float convolutions; qaie import reads INT8 files (per-channel int8 weights)"),
+    ("import-other-network", ["import", "{shipped}", "--out", "x.ckpt"],
+     "qaie import: error: {shipped}: 37 convolutions, the paper's network has 35; not its INT8 file"),
+    ("import-qaie-ckpt", ["import", "{ckpt}", "--out", "x.ckpt"],
+     "qaie import: error: {ckpt}: a qaie checkpoint already; use it as it is (qaie import reads the authors' "
+     "files)"),
+    ("import-missing-keys", ["import", "{partial_ckpt}", "--out", "x.ckpt"],
+     "qaie import: error: {partial_ckpt}: model.down1.b.weight missing; not a complete checkpoint of the "
+     "paper's network"),
+    ("import-pickled", ["import", "{pickled_ckpt}", "--out", "x.ckpt"],
+     "qaie import: error: {pickled_ckpt}: holds pickled Python objects, not only tensors and plain data; qaie "
+     "does not unpickle them (re-save its state_dict alone where the file is trusted)"),
+    ("import-text-ckpt", ["import", "{text_ckpt}", "--out", "x.ckpt"],
+     "qaie import: error: {text_ckpt}: not a torch.save archive; give the authors' Lightning .ckpt or a .tflite"),
+    ("import-residual-tflite", ["import", "{tflite}", "--out", "x.ckpt", "--no-output-residual"],
+     "qaie import: error: --no-output-residual applies to the authors' training checkpoints (.ckpt) only"),
+    # report, demo
+    ("report-no-results", ["report", "{dir}"],
+     "qaie report: error: {dir}/results.json: not found; run `qaie demo --out {dir}` first"),
+    ("demo-foreign-folder", ["demo", "--quick", "--out", "{dir}"],
+     "qaie demo: error: {dir}: not empty and not a qaie demo folder (no demo.json); choose a new or empty --out"),
     ("parity-text-tflite", ["parity", "{ckpt}", "{text_tflite}", "--data", "builtin"],
      "qaie parity: error: {text_tflite}: " + NOT_TFLITE),
     ("parity-truncated-ckpt", ["parity", "{truncated_ckpt}", "{tflite}", "--data", "builtin"],
@@ -337,6 +408,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     else:
         assert lines[0] == expected.format(**files)
     assert _leftovers(tmp_path) == []
+
+
+def test_no_shipped_model_says_so(files: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("qaie.runtime.models.MODELS_DIR", tmp_path / "no-models")
+    code, lines = _run(["enhance", files["photo"], "-o", str(tmp_path / "out.jpg")], capsys)
+    assert (code, lines) == (
+        2,
+        ["qaie enhance: error: no model is installed in the package; pass --model FILE.tflite"],
+    )
 
 
 def test_debug_shows_the_traceback(files: dict, capsys) -> None:

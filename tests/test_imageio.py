@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from qaie.errors import QaieError
-from qaie.imageio import IMAGE_EXTENSIONS, MIN_SIZE, image_size, list_images, read_rgb, write_image
+from qaie.imageio import IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, image_size, list_images, read_rgb, write_image
 
 
 def _photo(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
@@ -94,9 +94,9 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
 
 def test_images_below_the_minimum_size_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "tiny.png"
-    path.write_bytes(_encoded(_photo(MIN_SIZE - 1, 40), "PNG"))
-    assert f"minimum {MIN_SIZE}x{MIN_SIZE}" in _error_for(path)
-    assert read_rgb(path, min_size=1).pixels.shape == (MIN_SIZE - 1, 40, 3)
+    path.write_bytes(_encoded(_photo(MIN_IMAGE_SIDE - 1, 40), "PNG"))
+    assert f"minimum {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}" in _error_for(path)
+    assert read_rgb(path, min_size=1).pixels.shape == (MIN_IMAGE_SIDE - 1, 40, 3)
 
 
 def test_float_images_are_refused(tmp_path: Path) -> None:
@@ -168,7 +168,7 @@ def test_palette_transparency_is_composited(tmp_path: Path) -> None:
 
 def test_16bit_grayscale_is_scaled_not_clipped(tmp_path: Path) -> None:
     levels = np.arange(256, dtype=np.uint16) * 257  # 8-bit level k stored as k*257
-    values = np.tile(levels, (MIN_SIZE, 1))
+    values = np.tile(levels, (MIN_IMAGE_SIDE, 1))
     path = tmp_path / "gray16.png"
     Image.fromarray(values).save(path)
     image = read_rgb(path)

@@ -48,6 +48,23 @@ def test_ablations_change_the_network(ablation: dict) -> None:
         assert param_count(ablated) < param_count(full)
 
 
+def test_output_residual_switch_adds_the_input() -> None:
+    """Same weights: the residual network outputs clamp(x + delta), the ablation clamp(delta).
+    A bias of 0.5 on the head keeps delta inside (0, 1) so neither clamp hides the switch."""
+    torch.manual_seed(0)
+    residual = EnhanceNet(ModelConfig(width=8)).eval()
+    with torch.no_grad():
+        residual.head.weight *= 1e-3
+        residual.head.bias.fill_(0.5)
+    direct = EnhanceNet(ModelConfig(width=8, output_residual=False)).eval()
+    direct.load_state_dict(residual.state_dict())
+    x = torch.rand(1, 3, 24, 24) * 0.4  # x + delta stays below 1
+    with torch.no_grad():
+        delta = direct(x)
+        assert float(delta.min()) > 0 and float(delta.max()) < 0.6
+        torch.testing.assert_close(residual(x), x + delta)
+
+
 def test_instance_norm_matches_torch() -> None:
     torch.manual_seed(0)
     ours, ref = InstanceNorm(6), torch.nn.InstanceNorm2d(6, affine=True)

@@ -13,7 +13,7 @@ from torchao.quantization.pt2e import FakeQuantize
 from qaie.config import ModelConfig
 from qaie.experiment.parity import compare
 from qaie.nn.model import EnhanceNet
-from qaie.quant import quantize
+from qaie.quant import calibrate, quantize
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
@@ -176,7 +176,7 @@ def test_prepare_leaves_the_callers_model_alone() -> None:
 
 
 def test_calibration_batches_cycle_small_datasets() -> None:
-    batches = quantize.calibration_batches("builtin", images=20, crop=32, batch_size=8)
+    batches = calibrate.calibration_batches("builtin", images=20, crop=32, batch_size=8)
     assert [b.shape for b in batches] == [(8, 3, 32, 32), (8, 3, 32, 32), (4, 3, 32, 32)]
     assert all(float(b.min()) >= 0 and float(b.max()) <= 1 for b in batches)
 

@@ -7,7 +7,8 @@ from browser import load_page
 from PIL import Image
 
 from qaie.errors import QaieError
-from qaie.experiment.report import MODELS, SAMPLE_COLUMNS, build_report
+from qaie.experiment.report import SAMPLE_COLUMNS, build_report
+from qaie.experiment.results import MODELS
 
 
 def _fake_run(run: Path, with_samples: bool = True) -> None:

@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from qaie.config import ModelConfig
-from qaie.data.datasets import make_dataset
+from qaie.data.datasets import VAL_SEED, make_dataset
 from qaie.errors import QaieError
-from qaie.experiment.evaluate import checkpoint_predictor, evaluate
-from qaie.experiment.train import QAT_LR, VAL_SEED, TrainConfig, TrainResult, train, warmup_cosine
+from qaie.experiment.evaluate import evaluate
+from qaie.experiment.train import QAT_LR, TrainConfig, TrainResult, train, warmup_cosine
 from qaie.quant.checkpoint import load_model, read_checkpoint
+from qaie.quant.predict import checkpoint_predictor
 
 TINY = ModelConfig(width=4)
 CONFIG = TrainConfig(

@@ -16,9 +16,9 @@ from skimage.metrics import peak_signal_noise_ratio
 from qaie.errors import QaieError
 from qaie.quant import quantize
 from qaie.quant.checkpoint import load_model
+from qaie.quant.predict import open_model
 from qaie.quant.split import TorchStageRunner
 from qaie.quant.tflite_ops import inspect_tflite
-from qaie.runtime.enhance import open_model
 from qaie.runtime.litert import TFLiteModel, enhance_image
 from qaie.runtime.wholephoto import ALIGN, HALO, Quant, enhance_whole, norm_statistics, plan_axis
 

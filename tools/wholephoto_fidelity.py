@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from qaie.imageio import read_rgb
-from qaie.runtime.enhance import open_model
+from qaie.quant.predict import open_model
 from qaie.runtime.litert import TFLiteModel, enhance_image
 
 

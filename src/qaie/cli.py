@@ -8,20 +8,21 @@ exit with 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
 
 from qaie.errors import QaieError, QaieWarning
+from qaie.jsonio import dumps
 
 Handler = Callable[[argparse.Namespace], int | None]
 
 
 def _print_json_or_lines(data: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(dumps(data), end="")
     else:
         for key, value in data.items():
             print(f"{key}: {value}")
@@ -70,21 +71,13 @@ def _run_info(args: argparse.Namespace) -> None:
 def _add_env(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("env", help="versions a bug report needs")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=lambda args: _print_json_or_lines(versions(), args.json))
+    p.set_defaults(handler=_run_env)
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and the stack, read from package metadata (imports nothing heavy)."""
-    import platform
-    from importlib import metadata
+def _run_env(args: argparse.Namespace) -> None:
+    from qaie.versions import versions
 
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("qaie", "torch", "torchao", "litert-torch", "ai-edge-litert", "lightning", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    _print_json_or_lines(versions(), args.json)
 
 
 # --- camera-stats -----------------------------------------------------------------------------
@@ -104,16 +97,15 @@ def _add_camera_stats(sub: argparse._SubParsersAction) -> None:
 def _run_camera_stats(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from qaie.atomic import check_writable, write_text_atomic
     from qaie.data.camera_stats import compare, folder_images, to_markdown
     from qaie.data.degrade import CameraModel
+    from qaie.progress import progress
 
     if args.out:
         check_writable(Path(args.out), overwrite=args.overwrite)
     real, clean = folder_images(Path(args.real)), folder_images(Path(args.clean), args.limit)
-    with tqdm(total=len(real) + len(clean), unit="photo", disable=None, file=sys.stderr) as bar:
+    with progress(total=len(real) + len(clean), unit="photo", disable=None) as bar:
         result = compare(real, clean, CameraModel(), seed=args.seed, progress=lambda _: bar.update())
     limit = f" --limit {args.limit}" if args.limit else ""
     command = f"qaie camera-stats --real {args.real} --clean {args.clean}{limit} --seed {args.seed}"
@@ -149,7 +141,9 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
 def _run_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from qaie.runtime.enhance import enhance_files, open_model, plan_jobs
+    from qaie.progress import progress
+    from qaie.quant.predict import open_model
+    from qaie.runtime.enhance import enhance_files, plan_jobs
     from qaie.runtime.litert import parse_counts, parse_size
 
     whole = args.tile is not None and args.tile.strip().lower() == "none"
@@ -158,7 +152,7 @@ def _run_enhance(args: argparse.Namespace) -> int:
     model = open_model(args.model, threads, tile, whole=whole)
     jobs = plan_jobs(args.inputs, args.out, fmt=args.format, overwrite=args.overwrite)
     single, failed = len(jobs) == 1, 0
-    with tqdm(total=len(jobs), unit="tile" if single else "image", disable=None, file=sys.stderr) as bar:
+    with progress(total=len(jobs), unit="tile" if single else "image", disable=None) as bar:
 
         def on_tile(done: int, total: int) -> None:  # one photo: its tiles are the progress
             if single:
@@ -196,6 +190,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (or stdout, no table)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    p.add_argument(
+        "--compare",
+        metavar="OTHER.tflite",
+        help="time FILE and OTHER alternately in one process and print FILE/OTHER (median ratio)",
+    )
     p.set_defaults(handler=_run_bench)
 
 
@@ -203,19 +202,23 @@ def _run_bench(args: argparse.Namespace) -> None:
     import pathlib
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.runtime.bench import bench, format_table
+    from qaie.runtime.bench import bench, compare, format_compare, format_table
     from qaie.runtime.litert import parse_counts, parse_sizes
 
     sizes = parse_sizes(args.size, "--size") if args.size else None
     to_file = args.json not in (None, "-")
     if to_file:
         check_writable(pathlib.Path(args.json), args.overwrite)
-    report = bench(
-        args.model, sizes, parse_counts(args.threads, "--threads"), runs=args.runs, warmup=args.warmup
-    )
+    threads = parse_counts(args.threads, "--threads")
+    if args.compare:
+        report = compare(args.model, args.compare, sizes, threads, runs=args.runs, warmup=args.warmup)
+        table = format_compare(report)
+    else:
+        report = bench(args.model, sizes, threads, runs=args.runs, warmup=args.warmup)
+        table = format_table(report)
     if to_file:
-        write_text_atomic(args.json, json.dumps(report.to_dict(), indent=2) + "\n")
-    print(json.dumps(report.to_dict(), indent=2) if args.json == "-" else format_table(report))
+        write_text_atomic(args.json, dumps(report.to_dict()))
+    print(dumps(report.to_dict()) if args.json == "-" else table, end="" if args.json == "-" else "\n")
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -323,9 +326,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.data.datasets import make_dataset, parse_spec
+    from qaie.data.datasets import VAL_SEED, make_dataset, parse_spec
     from qaie.experiment.evaluate import evaluate, predictor_for
-    from qaie.experiment.train import VAL_SEED
     from qaie.runtime.litert import parse_size
 
     if args.json:
@@ -347,7 +349,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     print(f"  input: PSNR {result.input_psnr:.3f} dB  SSIM {result.input_ssim:.4f}  (baseline)")
     print(f"  convention: {result.convention}")
     if args.json:
-        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+        write_text_atomic(args.json, dumps(result.to_dict()))
 
 
 def _run_fidelity(args: argparse.Namespace, predict, dataset) -> None:
@@ -363,7 +365,7 @@ def _run_fidelity(args: argparse.Namespace, predict, dataset) -> None:
     print(f"  fidelity: PSNR {result.psnr:.3f} dB  SSIM {result.ssim:.4f}")
     print(f"  convention: {result.convention}")
     if args.json:
-        write_text_atomic(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+        write_text_atomic(args.json, dumps(result.to_dict()))
 
 
 # --- export / inspect / parity ---------------------------------------------------------------
@@ -385,7 +387,7 @@ def _run_calibrate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable
-    from qaie.quant.quantize import calibrate_checkpoint
+    from qaie.quant.calibrate import calibrate_checkpoint
 
     check_writable(Path(args.out), args.overwrite)
     calibrate_checkpoint(
@@ -467,7 +469,7 @@ def _run_export(args: argparse.Namespace) -> None:
     if args.format == "int8" and loaded.quant is None:
         if not args.calibrate:
             raise QaieError(f"{args.checkpoint}: FP32 checkpoint; INT8 needs PTQ data, pass --calibrate SPEC")
-        from qaie.quant.quantize import calibration_batches
+        from qaie.quant.calibrate import calibration_batches
 
         calibration = calibration_batches(
             args.calibrate, images=args.calibrate_images, crop=args.calibrate_crop
@@ -548,9 +550,22 @@ def _run_export_other(args: argparse.Namespace, runtime: str) -> None:
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="the paper's official INT8 .tflite as an FP32 checkpoint")
-    p.add_argument("model", metavar="FILE.tflite", help="an INT8 LiteRT file of the paper's network")
+    p = sub.add_parser(
+        "import",
+        help="the paper's official INT8 .tflite, or the authors' training .ckpt, as an FP32 checkpoint",
+    )
+    p.add_argument(
+        "model",
+        metavar="FILE",
+        help="an INT8 LiteRT file of the paper's network, or a Lightning checkpoint (.ckpt, .pth, .pt) "
+        "of the authors' training code",
+    )
     p.add_argument("--out", required=True, metavar="CKPT", help="FP32 checkpoint to write")
+    p.add_argument(
+        "--no-output-residual",
+        action="store_true",
+        help="the checkpoint is their hybrid_ablate_residual variant (its weights cannot tell)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(handler=_run_import)
 
@@ -560,13 +575,24 @@ def _run_import(args: argparse.Namespace) -> None:
 
     from qaie.atomic import check_writable
     from qaie.nn.model import param_count
-    from qaie.quant.tflite_import import import_checkpoint
+    from qaie.quant.importer import import_checkpoint
 
     check_writable(Path(args.out), args.overwrite)
-    imported = import_checkpoint(args.model, args.out)
+    imported = import_checkpoint(args.model, args.out, False if args.no_output_residual else None)
+    config, source = imported.config, imported.source
+    ablated = [
+        name
+        for name, kept in (
+            ("encoder refiners", config.encoder_refiners),
+            ("fusion refiners", config.fusion_refiners),
+            ("output residual", config.output_residual),
+        )
+        if not kept
+    ]
     print(
-        f"wrote {args.out} (FP32, width {imported.config.width}, {param_count(imported.net):,} parameters; "
-        f"from {imported.source['file']} sha256 {imported.source['sha256'][:12]})"
+        f"wrote {args.out} (FP32, width {config.width}, {param_count(imported.net):,} parameters"
+        f"{''.join(f', no {name}' for name in ablated)}; "
+        f"from {source['file']} sha256 {source['sha256'][:12]})"
     )
 
 
@@ -592,7 +618,7 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
         inspect_tflite, format_table = export_executorch.inspect_pte, export_executorch.format_pte_table
     table = inspect_tflite(args.model)
-    print(json.dumps(table.to_json(), indent=2) if args.json else format_table(table))
+    print(dumps(table.to_json()) if args.json else format_table(table), end="" if args.json else "\n")
 
 
 def _add_parity(sub: argparse._SubParsersAction) -> None:
@@ -618,9 +644,9 @@ def _run_parity(args: argparse.Namespace) -> None:
     report = run_parity(Path(args.checkpoint), Path(args.model), args.data, limit=args.limit)
     data = report.to_json()
     if to_file:
-        write_text_atomic(args.json, json.dumps(data, indent=2) + "\n")
+        write_text_atomic(args.json, dumps(data))
     if args.json == "-":
-        print(json.dumps(data, indent=2))
+        print(dumps(data), end="")
         return
     print(f"{args.model} vs {args.checkpoint} [{report.reference}], {report.images} images per size")
     for size, s in report.per_size.items():
@@ -727,7 +753,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
     models = shipped_models()
     if args.json:
-        print(json.dumps([m.summary() for m in models], indent=2))
+        print(dumps([m.summary() for m in models]), end="")
         return 0
     if not models:
         print(f"no model is installed in the package ({MODELS_DIR})")
@@ -797,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
     is a bug in qaie and keeps its traceback (exit 1). docs/reliability.md has the contract."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.debug:  # native libraries' log lines too, here and in benchmark subprocesses
+        os.environ["QAIE_DEBUG"] = "1"
     with warnings.catch_warnings():
         _route_warnings(args.command, args.debug)
         try:

@@ -23,10 +23,12 @@ from qaie.errors import QaieError
 
 # The network downsamples three times (S/2, S/4, S/8): below 8 px a side the bottleneck has no
 # pixel left, so smaller images are refused rather than enhanced into garbage.
-MIN_SIZE = 8
+MIN_IMAGE_SIDE = 8
 # Decoding more than this many pixels is refused: a real photo is at most a few tens of
 # megapixels, while a tiny crafted file can claim billions ("decompression bomb").
 MAX_PIXELS = 100_000_000
+
+Size = tuple[int, int]  # an image or tile size, (H, W)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 _WRITE_FORMATS = {
@@ -55,7 +57,9 @@ class RGBImage:
     note: str | None = None
 
 
-def read_rgb(path: str | os.PathLike, min_size: int = MIN_SIZE, max_pixels: int = MAX_PIXELS) -> RGBImage:
+def read_rgb(
+    path: str | os.PathLike, min_size: int = MIN_IMAGE_SIDE, max_pixels: int = MAX_PIXELS
+) -> RGBImage:
     """Decode any common image file into 8-bit RGB, applying EXIF orientation.
 
     Conversions: 1-bit/grayscale -> gray RGB; palette -> RGB; alpha (LA, PA, RGBA) ->
@@ -66,25 +70,34 @@ def read_rgb(path: str | os.PathLike, min_size: int = MIN_SIZE, max_pixels: int 
     """
     path = Path(path)
     with _opened(path, max_pixels) as im:
-        try:
-            notes = _format_notes(im)
-            im.load()
-            orientation = _orientation(im)
-            if orientation in range(2, 9):
-                im = ImageOps.exif_transpose(im)
-                notes.append(f"EXIF orientation {orientation} applied")
-            pixels, note = _to_rgb8(path, im)
-        except QaieError:
-            raise
-        except Exception as err:  # Pillow raises many types on corrupt data; all mean "cannot decode"
-            raise QaieError(
-                f"{path}: cannot decode image ({_why(err)}); the file is truncated or corrupt"
-            ) from err
+        return _decoded(path, im, min_size)
+
+
+def from_pil(image: Image.Image, min_size: int = MIN_IMAGE_SIDE) -> RGBImage:
+    """A Pillow image already opened by the caller, converted as `read_rgb` converts files."""
+    return _decoded("image", image, min_size)
+
+
+def _decoded(name: str | Path, im: Image.Image, min_size: int) -> RGBImage:
+    try:
+        notes = _format_notes(im)
+        im.load()
+        orientation = _orientation(im)
+        if orientation in range(2, 9):
+            im = ImageOps.exif_transpose(im)
+            notes.append(f"EXIF orientation {orientation} applied")
+        pixels, note = _to_rgb8(name, im)
+    except QaieError:
+        raise
+    except Exception as err:  # Pillow raises many types on corrupt data; all mean "cannot decode"
+        raise QaieError(
+            f"{name}: cannot decode image ({_why(err)}); the file is truncated or corrupt"
+        ) from err
     if note:
         notes.append(note)
     h, w = pixels.shape[:2]
     if min(h, w) < min_size:
-        raise QaieError(f"{path}: image is {w}x{h}, smaller than the minimum {min_size}x{min_size}")
+        raise QaieError(f"{name}: image is {w}x{h}, smaller than the minimum {min_size}x{min_size}")
     # Pillow's arrays can be read-only views: hand out a writable C-contiguous array (torch.from_numpy).
     return RGBImage(np.require(pixels, np.uint8, ["C", "W"]), "; ".join(notes) or None)
 
@@ -202,7 +215,7 @@ def _format_notes(im: Image.Image) -> list[str]:
     return notes
 
 
-def _to_rgb8(path: Path, im: Image.Image) -> tuple[np.ndarray, str | None]:
+def _to_rgb8(path: str | Path, im: Image.Image) -> tuple[np.ndarray, str | None]:
     """Pixels of a loaded image as uint8 (H, W, 3), and a note on the conversion done."""
     mode = im.mode
     if mode == "RGB":
@@ -257,3 +270,9 @@ def _why(err: BaseException) -> str:
     """An exception as one short line (Pillow messages can span lines or be empty)."""
     text = " ".join(str(err).split()) or type(err).__name__
     return text[:200]
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float RGB in [0, 1] (an array, or a CPU tensor) -> uint8, rounded half to even: the one
+    rounding every model output and every compared image goes through."""
+    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)

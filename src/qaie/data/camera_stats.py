@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from qaie.data.degrade import CameraModel, blockiness, degrade
+from qaie.data.degrade import LUMA, CameraModel, blockiness, degrade
 from qaie.errors import QaieError, QaieWarning
 from qaie.imageio import list_images, read_rgb
 
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 # (name, what it measures) in table order; PhotoStats has one field per name.
 STATISTICS = (
     ("brightness", "mean luma"),
@@ -76,7 +75,7 @@ class Comparison:
 def photo_stats(image: np.ndarray) -> PhotoStats:
     """Statistics of one photo, float (H, W, 3) in [0, 1]; block grids anchored at (0, 0)."""
     image = image.astype(np.float32)
-    luma = image @ _LUMA  # (H, W)
+    luma = image @ LUMA  # (H, W)
     lo, hi = np.percentile(luma, [1, 99])
     contrast = float(hi - lo)
     means = image.reshape(-1, 3).mean(axis=0) + 1e-4

@@ -28,10 +28,11 @@ from typing import Literal, NamedTuple
 import numpy as np
 import torch
 
+from qaie.data.base import PhotoItems
 from qaie.data.degrade import CameraModel, Frame, degrade, psf_radius
 from qaie.data.photos import PhotoDataset
 from qaie.errors import QaieError, QaieWarning
-from qaie.imageio import MIN_SIZE, image_size, list_images, read_header, read_rgb
+from qaie.imageio import MIN_IMAGE_SIDE, image_size, list_images, read_header
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -41,6 +42,7 @@ SPEC_SYNTAX = (
     "builtin | synthetic:FOLDER | pairs:FOLDER | dped:FOLDER[:iphone|blackberry|sony] | photos:FOLDER"
 )
 DEFAULT_CROP = 100  # the DPED patch size
+VAL_SEED = 0  # val/test degradations are fixed by this seed, so runs with any --seed compare
 
 # Flat folders without train/val/test subfolders are split by a hash of the file stem: files
 # ordered by hash, the first VAL_PERCENT go to val, the next TEST_PERCENT to test, the rest to
@@ -155,8 +157,10 @@ def make_dataset(
     if split not in SPLITS:
         raise QaieError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     crop_hw = (crop, crop) if isinstance(crop, int) else crop
-    if crop_hw is not None and min(crop_hw) < MIN_SIZE:
-        raise QaieError(f"crop must be at least {MIN_SIZE} pixels (the network's minimum size), got {crop}")
+    if crop_hw is not None and min(crop_hw) < MIN_IMAGE_SIDE:
+        raise QaieError(
+            f"crop must be at least {MIN_IMAGE_SIDE} pixels (the network's minimum size), got {crop}"
+        )
     for name, value, least in (("seed", seed, 0), ("repeats", repeats, 1), ("limit", limit, 1)):
         if value is not None and value < least:
             raise QaieError(f"{name} must be at least {least}, got {value}")
@@ -190,7 +194,7 @@ def make_dataset(
     return PairDataset(samples, split, crop, seed, repeats, camera or CameraModel(), cache)
 
 
-class PairDataset(torch.utils.data.Dataset):
+class PairDataset(PhotoItems):
     """(input, target) float32 tensors (3, h, w) in [0, 1].
 
     Train: random crops and flips; synthetic inputs from a freshly sampled camera. Val/test:
@@ -207,23 +211,13 @@ class PairDataset(torch.utils.data.Dataset):
         camera: CameraModel,
         cache: bool,
     ) -> None:
+        super().__init__(len(samples), repeats, cache)
         self.samples = samples
         self.names = [s.name for s in samples]
-        self.split, self.crop, self.seed, self.repeats, self.camera = split, crop, seed, repeats, camera
-        self.epoch = 0
-        self._cache: dict[Path, np.ndarray] | None = {} if cache else None
-
-    def __len__(self) -> int:
-        return len(self.samples) * self.repeats
-
-    def set_epoch(self, epoch: int) -> None:
-        """Training crops depend on the epoch: call before each epoch (in every worker's copy)."""
-        self.epoch = epoch
+        self.split, self.crop, self.seed, self.camera = split, crop, seed, camera
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        sample = self.samples[index % len(self.samples)]
+        sample = self.samples[self._item(index)]
         train = self.split == "train"
         rng = np.random.default_rng(
             [self.seed, self.epoch, index] if train else [self.seed, _stable_int(sample.name)]
@@ -275,14 +269,6 @@ class PairDataset(torch.utils.data.Dataset):
         shot = degrade(clean, params, Frame(top, left, photo.shape[0], photo.shape[1]))
         inner = Region(window.top - top, window.left - left, window.height, window.width)
         return _cut(shot, inner)
-
-    def _load(self, path: Path) -> np.ndarray:
-        if self._cache is not None and path in self._cache:
-            return self._cache[path]
-        pixels = read_rgb(path).pixels
-        if self._cache is not None:
-            self._cache[path] = pixels
-        return pixels
 
 
 # --- sources ------------------------------------------------------------------------------------

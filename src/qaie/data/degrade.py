@@ -30,7 +30,7 @@ from scipy import ndimage, signal, special
 from qaie.errors import QaieError
 
 Range = tuple[float, float]
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601, as the loss and JPEG use
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601, as the loss and JPEG use
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def degrade(image: np.ndarray, params: CameraParams, frame: Frame | None = None)
     x = np.clip(x * np.array([params.wb_red, 1.0, params.wb_blue], np.float32), 0.0, 1.0)
     y = _linear_to_srgb(x) ** np.float32(params.tone_gamma)
     y = params.black_level + (params.white_level - params.black_level) * y
-    luma = (y @ _LUMA)[:, :, None]
+    luma = (y @ LUMA)[:, :, None]
     y = np.clip(luma + params.saturation * (y - luma), 0.0, 1.0).astype(np.float32)
 
     if params.jpeg_quality is not None:
@@ -233,7 +233,7 @@ def blockiness(image: np.ndarray) -> float:
     About 1 for an image without blocking, larger when 8x8 block edges show. image: float
     (H, W, 3) or (H, W), block grid anchored at (0, 0).
     """
-    luma = image @ _LUMA if image.ndim == 3 else image
+    luma = image @ LUMA if image.ndim == 3 else image
     steps = np.abs(np.diff(luma, axis=1))  # (H, W-1): step between column j and j+1
     border = (np.arange(steps.shape[1]) % 8) == 7
     return float(steps[:, border].mean() / (steps[:, ~border].mean() + 1e-8))

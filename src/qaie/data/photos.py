@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qaie.data.base import PhotoItems
 from qaie.errors import QaieError
-from qaie.imageio import read_rgb
 
 Crop = tuple[int, int]  # (H, W)
 
@@ -33,7 +33,7 @@ def turn_to(pixels: np.ndarray, crop: Crop) -> np.ndarray:
     return pixels
 
 
-class PhotoDataset(torch.utils.data.Dataset):
+class PhotoDataset(PhotoItems):
     """(photo, photo) float32 tensors (3, h, w) in [0, 1]: the input, and the input again where a
     target would be (there is none; `qaie evaluate` needs --reference on this data).
 
@@ -44,21 +44,12 @@ class PhotoDataset(torch.utils.data.Dataset):
     def __init__(
         self, paths: list[Path], split: str, crop: Crop | None, seed: int, repeats: int, cache: bool
     ) -> None:
-        self.paths, self.split, self.crop, self.seed, self.repeats = paths, split, crop, seed, repeats
+        super().__init__(len(paths), repeats, cache)
+        self.paths, self.split, self.crop, self.seed = paths, split, crop, seed
         self.names = [p.stem for p in paths]
-        self.epoch = 0
-        self._cache: dict[Path, np.ndarray] | None = {} if cache else None
-
-    def __len__(self) -> int:
-        return len(self.paths) * self.repeats
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        path = self.paths[index % len(self.paths)]
+        path = self.paths[self._item(index)]
         pixels = self._load(path)
         if self.crop is not None:
             pixels = turn_to(pixels, self.crop)
@@ -73,11 +64,3 @@ class PhotoDataset(torch.utils.data.Dataset):
             pixels = pixels[y : y + ch, x : x + cw]
         x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255)
         return x, x
-
-    def _load(self, path: Path) -> np.ndarray:
-        if self._cache is not None and path in self._cache:
-            return self._cache[path]
-        pixels = read_rgb(path).pixels
-        if self._cache is not None:
-            self._cache[path] = pixels
-        return pixels

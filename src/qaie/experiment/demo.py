@@ -29,15 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from qaie.atomic import write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
-from qaie.experiment.report import MODELS, ReportResult, build_report
+from qaie.experiment.report import ReportResult, build_report
+from qaie.experiment.results import MODELS, build_results
+from qaie.imageio import Size, to_uint8
+from qaie.jsonio import dumps
+from qaie.progress import progress
 from qaie.runtime.litert import format_size
 
-Size = tuple[int, int]  # (H, W)
 Log = Callable[[str], None]
 
 STAGES = (
@@ -67,7 +69,6 @@ OUTPUTS = (
     *TFLITE.values(),
     *(f"{f}.json" for f in TFLITE.values()),
 )
-VERSION_KEYS = ("qaie", "python", "torch", "torchao", "litert-torch", "ai-edge-litert")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class DemoConfig:
     samples: int = 3
 
     def __post_init__(self) -> None:
-        from qaie.quant.quantize import MIN_SIZE
+        from qaie.quant.quantize import MIN_TRACED_SIDE
 
         counts = {
             "calibrate_images": self.calibrate_images,
@@ -133,10 +134,14 @@ class DemoConfig:
         if not self.bench_threads or min(self.bench_threads) < 1:
             raise QaieError(f"--threads must be positive integers, got {self.bench_threads!r}")
         for flag, sizes in (("--export-size", self.export_sizes), ("--bench-size", self.bench_sizes)):
-            if not sizes or min(min(s) for s in sizes) < MIN_SIZE:
-                raise QaieError(f"{flag} needs sizes HxW with both sides at least {MIN_SIZE}, got {sizes!r}")
-        if self.sensitivity_crop < MIN_SIZE:
-            raise QaieError(f"--sensitivity-crop must be at least {MIN_SIZE}, got {self.sensitivity_crop}")
+            if not sizes or min(min(s) for s in sizes) < MIN_TRACED_SIDE:
+                raise QaieError(
+                    f"{flag} needs sizes HxW with both sides at least {MIN_TRACED_SIDE}, got {sizes!r}"
+                )
+        if self.sensitivity_crop < MIN_TRACED_SIDE:
+            raise QaieError(
+                f"--sensitivity-crop must be at least {MIN_TRACED_SIDE}, got {self.sensitivity_crop}"
+            )
         self.train_configs("fp32/best.ckpt")  # validates the training settings now, not minutes later
 
     def train_configs(self, init: str):  # -> tuple[TrainConfig, TrainConfig] (lazy import)
@@ -274,7 +279,7 @@ def _claim(out_dir: Path, config: DemoConfig, overwrite: bool) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise QaieError(f"{out_dir}: cannot create the run folder ({err.strerror})") from err
-    write_text_atomic(record, json.dumps({"config": wanted}, indent=2) + "\n")
+    write_text_atomic(record, dumps({"config": wanted}))
 
 
 def _fresh(outputs: Iterable[Path], inputs: Iterable[Path]) -> bool:
@@ -288,12 +293,12 @@ def _fresh(outputs: Iterable[Path], inputs: Iterable[Path]) -> bool:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_text_atomic(path, dumps(data))
 
 
 def _pixels(image: torch.Tensor):  # -> np.ndarray uint8 (H, W, 3)
     """(3, H, W) in [0, 1] -> uint8 (H, W, 3), rounded as a camera would store it."""
-    return (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return to_uint8(image.permute(1, 2, 0))
 
 
 class _Run:
@@ -355,7 +360,7 @@ class _Run:
     def calibrate_ptq(self) -> tuple[bool, str]:
         if _fresh([self.ptq], [self.fp32_best]):
             return True, ""
-        from qaie.quant.quantize import calibrate_checkpoint
+        from qaie.quant.calibrate import calibrate_checkpoint
 
         c = self.config
         calibrate_checkpoint(
@@ -391,10 +396,9 @@ class _Run:
         out = self.stage_json["evaluate"]
         if _fresh([out], [*self.tflite.values(), self.ptq, self.qat_best]):
             return True, ""
-        from qaie.data.datasets import make_dataset
+        from qaie.data.datasets import VAL_SEED, make_dataset
         from qaie.experiment.evaluate import evaluate, tflite_predictor
         from qaie.experiment.parity import run_parity
-        from qaie.experiment.train import VAL_SEED
         from qaie.quant.tflite_ops import inspect_tflite
 
         c = self.config
@@ -425,7 +429,7 @@ class _Run:
 
         c = self.config
         data = {}
-        for name in tqdm(MODELS, desc="benchmark", unit="model", leave=False):
+        for name in progress(MODELS, desc="benchmark", unit="model", leave=False):
             report = bench(
                 self.tflite[name], list(c.bench_sizes), list(c.bench_threads), runs=c.bench_runs, warmup=1
             )
@@ -442,10 +446,10 @@ class _Run:
         out = self.stage_json["sensitivity"]
         if _fresh([out], [self.fp32_best]):
             return True, ""
-        from qaie.data.datasets import make_dataset
-        from qaie.experiment.train import VAL_SEED
-        from qaie.quant import quantize
+        from qaie.data.datasets import VAL_SEED, make_dataset
+        from qaie.quant import calibrate
         from qaie.quant.checkpoint import load_model
+        from qaie.quant.sensitivity import layer_sensitivity
 
         c = self.config
         test = make_dataset(
@@ -453,15 +457,14 @@ class _Run:
         )
         pairs = [test[i] for i in range(len(test))]
         x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])  # (N, 3, s, s)
-        batches = quantize.calibration_batches(c.data, c.calibrate_images, c.crop, seed=c.seed)
+        batches = calibrate.calibration_batches(c.data, c.calibrate_images, c.crop, seed=c.seed)
         result = layer_sensitivity(load_model(self.fp32_best).net, batches, x, y)
         _write_json(out, dataclasses.asdict(result) | {"images": len(test), "crop": c.sensitivity_crop})
         worst = result.layers[0]
         return False, f"{len(result.layers)} layers; worst {worst['layer']} (-{worst['psnr_drop']:.2f} dB)"
 
     def _sample_names(self) -> list[str]:
-        from qaie.data.datasets import make_dataset
-        from qaie.experiment.train import VAL_SEED
+        from qaie.data.datasets import VAL_SEED, make_dataset
 
         c = self.config
         return make_dataset(c.data, "test", crop=None, seed=VAL_SEED, limit=c.samples).names
@@ -475,15 +478,14 @@ class _Run:
     def samples(self) -> tuple[bool, str]:
         if _fresh(self._sample_paths(), self.tflite.values()):
             return True, ""
-        from qaie.data.datasets import make_dataset
+        from qaie.data.datasets import VAL_SEED, make_dataset
         from qaie.experiment.evaluate import tflite_predictor
-        from qaie.experiment.train import VAL_SEED
         from qaie.imageio import write_image
 
         c = self.config
         test = make_dataset(c.data, "test", crop=None, seed=VAL_SEED, limit=c.samples)
         predictors = {name: tflite_predictor(self.tflite[name]) for name in MODELS}
-        for i in tqdm(range(len(test)), desc="samples", unit="image", leave=False):
+        for i in progress(range(len(test)), desc="samples", unit="image", leave=False):
             x, y = test[i]  # (3, H, W) each
             folder = self.dir / "samples" / test.names[i]
             folder.mkdir(parents=True, exist_ok=True)
@@ -503,129 +505,12 @@ class _Run:
                 reports[0], reports[1], sorted((self.dir / "figures").glob("*.png"))
             )
             return True, ""
-        _write_json(results_path, self._results())
+        ev, bench, sens = (json.loads(p.read_text()) for p in self.stage_json.values())
+        c = self.config
+        results = build_results(
+            c.data, c.seed, c.model, ev, bench, sens,
+            {name: path.stat().st_size for name, path in self.tflite.items()}, _config_json(c),
+        )  # fmt: skip
+        _write_json(results_path, results)
         self.report_result = build_report(self.dir)
         return False, f"{self.report_result.html.name}, {self.report_result.markdown.name}"
-
-    def _results(self) -> dict:
-        """results.json (the schema `qaie.experiment.report` reads) from the stages' JSON files."""
-        from qaie.cli import versions
-        from qaie.nn.metrics import CONVENTION
-        from qaie.nn.model import EnhanceNet, macs_per_pixel, param_count
-
-        c = self.config
-        ev, bench, sens = (json.loads(p.read_text()) for p in self.stage_json.values())
-        results: dict = {
-            "data": c.data,
-            "seed": c.seed,
-            "width": c.model.width,
-            "model_config": to_dict(c.model),
-            "params": param_count(EnhanceNet(c.model)),
-            "macs_per_pixel": macs_per_pixel(c.model),
-            "test_images": ev["test_images"],
-            "input_psnr": ev["input_psnr"],
-            "input_ssim": ev["input_ssim"],
-        }
-        for name in MODELS:
-            results[name] = {
-                **ev[name],
-                "delta_psnr_vs_fp32": ev[name]["psnr"] - ev["fp32"]["psnr"],
-                "latency_ms": bench[name]["latency_ms"],
-                "file_bytes": self.tflite[name].stat().st_size,
-            }
-        all_versions = versions()
-        results |= {
-            "sensitivity": sens["layers"],
-            "convention": CONVENTION,
-            "versions": {k: all_versions[k] for k in VERSION_KEYS},
-            "demo_config": _config_json(c),
-        }
-        return results
-
-
-# --- per-layer sensitivity ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sensitivity:
-    """PSNR on a few images with nothing, everything, and each layer alone quantized (PTQ).
-
-    Args:
-        float_psnr: the graph with every quantizer off (the FP32 network).
-        all_psnr: every quantizer on: the PTQ model as fake-quant.
-        layers: [{"layer": module path, "psnr_drop": float_psnr - PSNR with only it on}],
-            worst first.
-    """
-
-    float_psnr: float
-    all_psnr: float
-    layers: list[dict]
-
-
-def layer_sensitivity(
-    net: torch.nn.Module, calibration: Iterable[torch.Tensor], x: torch.Tensor, y: torch.Tensor
-) -> Sensitivity:
-    """How much PSNR each layer loses when it alone is quantized with PTQ.
-
-    One fake-quant graph (`qaie.quant.quantize.prepare_qat`, the same quantizer as PTQ and QAT) is
-    calibrated as PTQ is (observers on, fake quantization off; its moving-average observers see
-    what PTQ's see), then the quantizers are switched on one layer at a time: a layer's
-    quantizers are its weights' and those of the activations its ops produce. An activation
-    scale shared by several ops (through a concatenation, LeakyReLU, max-pool or resize) is one
-    quantizer; it counts for the layer that produces it first. The input's fixed 1/255
-    quantizer is the layer "input"; the residual add and clamp at the end are "output".
-
-    Args:
-        net: the FP32 EnhanceNet.
-        calibration: (B, 3, h, w) training batches in [0, 1], as for PTQ.
-        x, y: (N, 3, H, W) inputs and targets the PSNR is measured on.
-    """
-    from torchao.quantization.pt2e import FakeQuantizeBase, disable_fake_quant
-
-    from qaie.nn import metrics
-    from qaie.quant import quantize
-
-    graph = quantize.prepare_qat(net, x[:2])
-    graph.apply(disable_fake_quant)
-    quantize.calibrate(graph, calibration)
-    quantize.freeze_observers(graph)
-
-    layers: dict[str, list[FakeQuantizeBase]] = {}
-    seen: set[int] = set()
-    for node in graph.graph.nodes:
-        module = graph.get_submodule(node.target) if node.op == "call_module" else None
-        if isinstance(module, FakeQuantizeBase) and id(module) not in seen:
-            seen.add(id(module))
-            layers.setdefault(_layer_of(node), []).append(module)
-
-    @torch.no_grad()
-    def score() -> float:
-        return float(metrics.psnr(graph(x), y).mean())
-
-    float_psnr = score()
-    drops = []
-    for layer, quantizers in tqdm(layers.items(), desc="sensitivity", unit="layer", leave=False):
-        for q in quantizers:
-            q.enable_fake_quant()
-        drops.append({"layer": layer, "psnr_drop": float_psnr - score()})
-        for q in quantizers:
-            q.disable_fake_quant()
-    for quantizers in layers.values():
-        for q in quantizers:
-            q.enable_fake_quant()
-    all_psnr = score()
-    drops.sort(key=lambda d: d["psnr_drop"], reverse=True)
-    return Sensitivity(float_psnr, all_psnr, drops)
-
-
-def _layer_of(quantizer_node: torch.fx.Node) -> str:
-    """The module path of the op a quantizer belongs to: the producer of the activation it
-    quantizes, or the op that reads the weight (or constant) it quantizes."""
-    source = quantizer_node.args[0]
-    if source.op == "placeholder":
-        return "input"
-    if source.op == "get_attr":
-        source = next(iter(quantizer_node.users))
-    stack = source.meta.get("nn_module_stack") or {}
-    path = list(stack.values())[-1][0] if stack else ""
-    return path or "output"

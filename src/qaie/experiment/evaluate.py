@@ -8,22 +8,15 @@ and out, as on the phone). Metrics follow `qaie.nn.metrics.CONVENTION`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from qaie.imageio import to_uint8
 from qaie.nn import metrics
-
-if TYPE_CHECKING:
-    from qaie.quant.checkpoint import LoadedModel
-
-# (1, 3, H, W) float32 in [0, 1] -> the enhanced image: a tensor of that shape, or a uint8
-# (H, W, 3) array (what a LiteRT model returns); `qaie.nn.metrics` accepts both.
-Predictor = Callable[[torch.Tensor], torch.Tensor | np.ndarray]
+from qaie.progress import progress as progress_bar
+from qaie.quant.predict import Predictor, checkpoint_predictor
 
 
 @dataclass
@@ -62,28 +55,6 @@ class FidelityResult:
         return asdict(self)
 
 
-def checkpoint_predictor(path: str | os.PathLike) -> Predictor:
-    """A checkpoint's network; a QAT/PTQ one as its quantized reference model (int8 simulated)."""
-    from qaie.quant.checkpoint import load_model
-
-    return loaded_predictor(load_model(path))
-
-
-def loaded_predictor(loaded: LoadedModel) -> Predictor:
-    """`checkpoint_predictor` of a checkpoint already loaded (its `net` is left as it is)."""
-    net = loaded.net
-    if loaded.quant is not None:
-        from qaie.quant.quantize import convert
-
-        net = convert(net)
-
-    @torch.no_grad()
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return net(x)
-
-    return predict
-
-
 def tflite_predictor(path: str | os.PathLike) -> Predictor:
     """An exported model (.tflite, .onnx, .pte) in its runtime; inputs rounded to uint8 as a
     camera gives them."""
@@ -93,7 +64,7 @@ def tflite_predictor(path: str | os.PathLike) -> Predictor:
     model = open_deployed(path)
 
     def predict(x: torch.Tensor) -> np.ndarray:
-        pixels = (x[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()  # (H, W, 3)
+        pixels = to_uint8(x[0].permute(1, 2, 0))  # (H, W, 3)
         return enhance_image(model, pixels)
 
     return predict
@@ -119,7 +90,7 @@ def evaluate(
     """Mean PSNR/SSIM of `predict`'s outputs, and of the inputs, against the targets."""
     sums = np.zeros(4)  # psnr, ssim, input psnr, input ssim
     n = len(dataset)
-    for i in tqdm(range(n), desc="evaluate", unit="image", disable=not progress):
+    for i in progress_bar(range(n), desc="evaluate", unit="image", disable=not progress):
         x, y = dataset[i]  # (3, H, W) each
         x, y = x[None], y[None]
         pred = predict(x)
@@ -150,7 +121,7 @@ def evaluate_fidelity(
     (each model sees the same whole input: instance norms make outputs depend on all of it)."""
     sums = np.zeros(2)
     n = len(dataset)
-    for i in tqdm(range(n), desc="fidelity", unit="image", disable=not progress):
+    for i in progress_bar(range(n), desc="fidelity", unit="image", disable=not progress):
         x = dataset[i][0][None]  # (1, 3, H, W)
         pred, ref = predict(x), reference(x)
         sums += [float(metrics.psnr(pred, ref)[0]), float(metrics.ssim(pred, ref)[0])]

@@ -16,6 +16,7 @@ import numpy as np
 
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
+from qaie.imageio import to_uint8
 from qaie.runtime.litert import read_sidecar, sidecar_path
 
 
@@ -27,11 +28,6 @@ class ParityStats:
     mean_abs_lsb: float
     max_abs_lsb: int
     pixels: int  # values compared (H * W * 3 per image)
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[0, 1] float (any shape) -> uint8 levels, rounding half to even like torch's quantizer."""
-    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def compare(reference: np.ndarray, actual: np.ndarray) -> ParityStats:
@@ -73,7 +69,8 @@ class ParityReport:
 
     def to_json(self) -> dict:
         return {
-            "parity_psnr": self.overall.psnr,
+            "parity_psnr": self.overall.psnr,  # null (JSON has no Infinity) when identical
+            "identical": self.overall.max_abs_lsb == 0,
             "mean_abs_lsb": self.overall.mean_abs_lsb,
             "max_abs_lsb": self.overall.max_abs_lsb,
             "images": self.images,
@@ -97,9 +94,9 @@ def run_parity(
     the float network. Both sides get the same 8-bit input (the crop rounded to uint8).
     """
     import torch
-    from tqdm import tqdm
 
     from qaie.data.datasets import make_dataset
+    from qaie.progress import progress
     from qaie.quant import quantize
     from qaie.quant.checkpoint import load_model
     from qaie.quant.deployed import open_deployed
@@ -120,7 +117,7 @@ def run_parity(
     for size in model.sizes or [None]:  # None: any size (ONNX), each image whole
         key = f"{size[0]}x{size[1]}" if size else "whole"
         size_refs, size_acts = [], []
-        for image in tqdm(images, desc=f"parity {key}", leave=False):
+        for image in progress(images, desc=f"parity {key}", leave=False):
             pixels = to_uint8(fit(image, *size) if size else image)  # (h, w, 3): what both sides see
             with torch.no_grad():
                 x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0

@@ -5,7 +5,7 @@ without re-running anything. The HTML embeds its figures (base64) and stands alo
 Markdown links the same figures from `DIR/figures/`.
 
 Run folder layout (written by `qaie demo`):
-    results.json                  the numbers (see RESULT_KEYS)
+    results.json                  the numbers (schema: qaie.experiment.results)
     fp32/metrics.csv, qat/metrics.csv   per-epoch training logs
     samples/<name>/<model>.png    input, fp32, ptq_int8, qat_int8, target for a few test images
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,8 @@ from PIL import Image
 
 from qaie.atomic import atomic_path, write_text_atomic
 from qaie.errors import QaieError
+from qaie.experiment.results import MODELS, read_results
 
-MODELS = ("fp32", "ptq_int8", "qat_int8")
 LABELS = {
     "fp32": "FP32",
     "ptq_int8": "PTQ INT8",
@@ -51,13 +50,7 @@ class ReportResult:
 
 def build_report(run_dir: Path) -> ReportResult:
     """Render every figure from the run folder, then write report.html and report.md atomically."""
-    results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise QaieError(f"{results_path}: not found; run `qaie demo --out {run_dir}` first")
-    try:
-        results = json.loads(results_path.read_text())
-    except json.JSONDecodeError as err:
-        raise QaieError(f"{results_path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    results = read_results(run_dir)
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
 
@@ -390,9 +383,9 @@ def before_after_figure(
     import torch
 
     from qaie.data.datasets import make_dataset
-    from qaie.experiment.parity import to_uint8
+    from qaie.imageio import to_uint8
     from qaie.nn.metrics import psnr
-    from qaie.runtime.enhance import open_model
+    from qaie.quant.predict import open_model
     from qaie.runtime.litert import enhance_image
     from qaie.runtime.models import default_model
 

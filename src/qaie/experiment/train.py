@@ -22,9 +22,6 @@ mid-epoch.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
 import logging
 import math
 import signal
@@ -39,17 +36,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchmetrics import MeanMetric
-from tqdm import tqdm
 
-from qaie.atomic import atomic_path, write_text_atomic
+from qaie.atomic import write_text_atomic
 from qaie.config import ModelConfig, from_dict, to_dict
 from qaie.errors import QaieError
-from qaie.imageio import MIN_SIZE
+from qaie.experiment.callbacks import AtomicCheckpointIO, DeferredInterrupt, MetricsLog, ProgressBar
+from qaie.imageio import MIN_IMAGE_SIDE
+from qaie.jsonio import dumps
 from qaie.nn.losses import LOSSES, MSSSIM_MIN_SIZE, make_loss
 from qaie.nn.metrics import psnr, ssim
 from qaie.nn.model import EnhanceNet
@@ -57,13 +54,11 @@ from qaie.quant import checkpoint
 
 FP32_LR = 1e-4
 QAT_LR = 1e-5  # the paper's QAT fine-tuning rate
-VAL_SEED = 0  # val/test degradations are fixed by this seed, so runs with any --seed compare
 PRECISIONS = ("32", "bf16-mixed")
 STRATEGIES = ("auto", "ddp", "ddp_spawn")
 ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
 # Settings a resumed run may change: where and how long it runs, not what it learns.
 RESUMABLE = ("epochs", "devices", "num_nodes", "strategy", "accelerator", "num_workers")
-CSV_FIELDS = ("epoch", "step", "train_loss", "val_psnr", "val_ssim", "lr", "time")
 
 
 @dataclass(frozen=True)
@@ -127,9 +122,9 @@ class TrainConfig:
         if self.seed < 0:
             raise QaieError(f"--seed must be >= 0, got {self.seed!r}")
         for flag, crop in (("--crop", self.crop), ("--val-crop", self.val_crop)):
-            if crop is not None and crop < MIN_SIZE:
+            if crop is not None and crop < MIN_IMAGE_SIDE:
                 raise QaieError(
-                    f"{flag} must be at least {MIN_SIZE} (the network's minimum size), got {crop}"
+                    f"{flag} must be at least {MIN_IMAGE_SIDE} (the network's minimum size), got {crop}"
                 )
         if self.val_limit is not None and self.val_limit < 1:
             raise QaieError(f"--val-limit must be at least 1, got {self.val_limit}")
@@ -312,157 +307,6 @@ class PairData(L.LightningDataModule):
         return DataLoader(self.val_set, batch, num_workers=self.config.num_workers)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file in the same folder, then renamed (qaie.atomic).
-
-    Lightning's own save goes through an fsspec transaction that writes the temporary file in
-    the system temp folder and moves it: across file systems that move is a copy, and a kill
-    during it leaves a truncated checkpoint.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
-
-
-class MetricsLog(Callback):
-    """One row per epoch in RUN_DIR/metrics.csv, kept in step with last.ckpt.
-
-    The rows live in this callback's checkpoint state and the CSV is rewritten from them, so a
-    resumed run's CSV holds exactly the epochs its checkpoint holds.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows: list[dict[str, float]] = []
-        self.elapsed = 0.0  # seconds of training before this process started
-        self.started = time.perf_counter()
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started = time.perf_counter()
-        self._write(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: EnhanceModule) -> None:
-        # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last).
-        train_loss = float(pl_module.train_loss.compute())  # all ranks: it synchronises
-        pl_module.train_loss.reset()
-        self.rows.append(
-            {
-                "epoch": trainer.current_epoch + 1,
-                "step": trainer.global_step,
-                "train_loss": train_loss,
-                "val_psnr": float(trainer.callback_metrics["val_psnr"]),
-                "val_ssim": float(trainer.callback_metrics["val_ssim"]),
-                "lr": trainer.optimizers[0].param_groups[0]["lr"],
-                "time": round(self._seconds(), 2),
-            }
-        )
-        self._write(trainer)
-
-    def _seconds(self) -> float:
-        return self.elapsed + time.perf_counter() - self.started
-
-    def _write(self, trainer: L.Trainer) -> None:
-        if not trainer.is_global_zero:
-            return
-        text = io.StringIO()
-        writer = csv.DictWriter(text, CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text_atomic(self.path, text.getvalue())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "elapsed": self._seconds()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows, self.elapsed = list(state["rows"]), float(state["elapsed"])
-
-
-class ProgressBar(Callback):
-    """tqdm on stderr (rank 0): one bar per epoch with loss and images/s, then validation scores."""
-
-    def __init__(self) -> None:
-        self.bars: dict[str, tqdm] = {}  # "epoch", "val"
-        self.postfix: dict[str, str] = {}
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._open(trainer, "epoch", trainer.num_training_batches, leave=True)
-        self.images, self.started = 0, time.perf_counter()
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, _i: int
-    ) -> None:
-        self.images += len(batch[0]) * trainer.world_size
-        rate = self.images / max(1e-9, time.perf_counter() - self.started)
-        self.postfix = {"loss": f"{float(outputs['loss']):.4f}", "img/s": f"{rate:.1f}"}
-        self._update("epoch")
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._open(trainer, "val", sum(trainer.num_val_batches), leave=False)
-
-    def on_validation_batch_end(self, trainer: L.Trainer, *_args: Any) -> None:
-        self._update("val")
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close("val")
-        metrics = trainer.callback_metrics
-        self.postfix |= {
-            "val_psnr": f"{float(metrics['val_psnr']):.2f}",
-            "val_ssim": f"{float(metrics['val_ssim']):.4f}",
-        }
-        self._update("epoch", steps=0)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._close("epoch")
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        for name in list(self.bars):
-            self._close(name)
-
-    def _open(self, trainer: L.Trainer, name: str, total: int, leave: bool) -> None:
-        if trainer.is_global_zero:
-            desc = (
-                f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}" if name == "epoch" else "validate"
-            )
-            self.bars[name] = tqdm(total=total, desc=desc, unit="batch", leave=leave, dynamic_ncols=True)
-
-    def _update(self, name: str, steps: int = 1) -> None:
-        if name in self.bars:
-            if name == "epoch":
-                self.bars[name].set_postfix(self.postfix, refresh=False)
-            self.bars[name].update(steps)
-
-    def _close(self, name: str) -> None:
-        if name in self.bars:
-            self.bars.pop(name).close()
-
-
-class DeferredInterrupt(Callback):
-    """Ctrl-C takes effect at the next batch boundary: the SIGINT handler only records it, and
-    the next batch hook raises KeyboardInterrupt there, where Lightning's graceful shutdown
-    takes over. Raised at an arbitrary point, it could cut a progress bar's or checkpoint
-    writer's bookkeeping in half (seen: a traceback from tqdm.__del__). A second Ctrl-C
-    interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def _check(self, *_args: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    on_train_batch_start = on_train_batch_end = _check
-    on_validation_batch_start = on_validation_batch_end = _check
-
-
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's banners and tips (and warnings that do not apply) for the duration."""
@@ -533,7 +377,7 @@ def train(
 
     Every process of a DDP run calls this; rank 0 writes the files.
     """
-    from qaie.data.datasets import make_dataset
+    from qaie.data.datasets import VAL_SEED, make_dataset
 
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -633,4 +477,4 @@ def _saved_history(ckpt: dict[str, Any]) -> list[dict[str, float]]:
 def _config_json(model_config: ModelConfig, config: TrainConfig) -> str:
     quant = "qat" if config.qat else None
     data = {"model_config": to_dict(model_config), "train_config": to_dict(config), "quant": quant}
-    return json.dumps(data, indent=2) + "\n"
+    return dumps(data)

@@ -182,7 +182,7 @@ def load_model(
     Args:
         path: a checkpoint written by `save_model` or `qaie train`.
         example_size: (H, W) of the example a quantized graph is traced with (the graph takes
-            any size >= qaie.quant.quantize.MIN_SIZE); ignored for FP32.
+            any size >= qaie.quant.quantize.MIN_TRACED_SIDE); ignored for FP32.
         expect: the architecture the command line asks for; a mismatch is an error (the
             checkpoint's own config is used when None).
     """

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from torch.fx import GraphModule
 from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
+from qaie.imageio import Size
+from qaie.jsonio import dumps
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize, split
 from qaie.quant.tflite_ops import OpTable, inspect_tflite
@@ -49,7 +50,6 @@ from qaie.runtime.litert import sidecar_path
 from qaie.runtime.wholephoto import is_window
 
 Format = Literal["fp32", "int8"]
-Size = tuple[int, int]  # (H, W)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "enhanced"
@@ -182,6 +182,68 @@ def _integer_io(model_bytes: bytes, dtype: str) -> bytes:
     return bytes(fb.convert_object_to_bytearray(model))
 
 
+_PAD, _RELU_0_TO_1 = 34, 152  # tflite schema BuiltinOperator
+
+
+def _xnnpack_friendly(model_bytes: bytes) -> bytes:
+    """The same integer function in fewer kernels (docs/performance.md): each PAD gets one reader
+    and no identity clamp is left."""
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    model = fb.read_model_from_bytearray(bytearray(model_bytes))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    for graph in model.subgraphs:
+        _split_shared_pads(graph, codes)
+        _drop_identity_clamps(graph, codes)
+    return bytes(fb.convert_object_to_bytearray(model))
+
+
+def _split_shared_pads(graph, codes: list[int]) -> None:
+    """A PAD read by several ops (the two stride-2 convolutions of a gated encoder) becomes one
+    PAD per reader: XNNPACK folds a PAD into the convolution that reads it, but only into its
+    sole reader, else it runs it as a copy of the padded map."""
+    for op in list(graph.operators):
+        if codes[op.opcodeIndex] != _PAD:
+            continue
+        padded = int(op.outputs[0])
+        readers = [r for r in graph.operators if padded in r.inputs]
+        if padded in graph.outputs:
+            continue
+        for reader in readers[1:]:
+            graph.tensors.append(copy.deepcopy(graph.tensors[padded]))
+            twin = copy.deepcopy(op)
+            twin.outputs = [len(graph.tensors) - 1]
+            graph.operators.insert(graph.operators.index(reader), twin)
+            reader.inputs = [twin.outputs[0] if int(t) == padded else int(t) for t in reader.inputs]
+
+
+def _drop_identity_clamps(graph, codes: list[int]) -> None:
+    """Remove each RELU_0_TO_1 that cannot change a value: its input already has the output's
+    quantization and that int8 grid lies inside [0, 1] (the output clamp at 1/255, zero point
+    -128: `quantize.annotate_output_clamp`). TFLite runs it outside XNNPACK, single-threaded,
+    as a requantize per element; its producer now writes the clamp's output tensor."""
+    for op in list(graph.operators):
+        if codes[op.opcodeIndex] != _RELU_0_TO_1 or not _is_identity_clamp(graph, op):
+            continue
+        (x,), (y,) = op.inputs, op.outputs
+        producers = [p for p in graph.operators if x in p.outputs]
+        readers = [r for r in graph.operators if x in r.inputs]
+        if len(producers) != 1 or readers != [op] or x in graph.outputs:
+            continue
+        producers[0].outputs = [y if t == x else t for t in producers[0].outputs]
+        graph.operators.remove(op)
+
+
+def _is_identity_clamp(graph, op) -> bool:
+    """int8 in and out on one grid whose lowest value is 0 and highest at most 1."""
+    x, y = (graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]])
+    qx, qy = x.quantization, y.quantization
+    if x.type != _TFLITE_TYPES["int8"] or qx is None or qy is None or qx.scale is None or len(qx.scale) != 1:
+        return False
+    same = list(qx.scale) == list(qy.scale) and list(qx.zeroPoint) == list(qy.zeroPoint)
+    return same and int(qx.zeroPoint[0]) == -128 and 255 * float(qx.scale[0]) <= 1 + 1e-6
+
+
 @contextlib.contextmanager
 def _litert_progress(show: bool) -> Iterator[None]:
     """litert-torch prints a line per conversion stage: only to an interactive terminal."""
@@ -298,7 +360,7 @@ def export_tflite(
     else:
         graphs, quant, config, meta = _int8_graphs(source, sizes, calibration, stages)
         io_dtype = "uint8" if uint8_io else "int8"
-        model_bytes = _integer_io(_convert(graphs, int8=True), io_dtype)
+        model_bytes = _xnnpack_friendly(_integer_io(_convert(graphs, int8=True), io_dtype))
         io = {
             "dtype": io_dtype,
             "scale": quantize.IO_SCALE,
@@ -323,14 +385,12 @@ def export_tflite(
         ops=ops,
         stages=meta,
     )
-    write_text_atomic(
-        result.sidecar, json.dumps(_sidecar(result, config, source_checkpoint), indent=2) + "\n"
-    )
+    write_text_atomic(result.sidecar, dumps(_sidecar(result, config, source_checkpoint)))
     return result
 
 
 def _sidecar(result: ExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
-    from qaie.cli import versions
+    from qaie.versions import versions
 
     return {
         "file": result.path.name,

@@ -34,8 +34,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import operator
-import os
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -60,11 +58,10 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 from torchao.quantization.pt2e.utils import getattr_from_fqn
-from tqdm import tqdm
 
 from qaie.config import ModelConfig
-from qaie.errors import QaieError
 from qaie.nn.model import EnhanceNet
+from qaie.progress import progress
 
 QuantMode = Literal["qat", "ptq"]
 aten = torch.ops.aten
@@ -322,8 +319,8 @@ class QaieQuantizer(Quantizer):
 
 # Smallest H, W a prepared graph accepts: below 13 the S/8 maps shrink to 1 pixel and
 # torch.export specializes the graph.
-MIN_SIZE = 16
-_MAX_SIZE = 1 << 14
+MIN_TRACED_SIDE = 16
+_MAX_TRACED_SIDE = 1 << 14
 
 
 def _export(model: EnhanceNet, example: Tensor, dynamic: bool, train: bool) -> GraphModule:
@@ -333,11 +330,14 @@ def _export(model: EnhanceNet, example: Tensor, dynamic: bool, train: bool) -> G
     model = copy.deepcopy(model).train(train)
     shapes = None
     if dynamic:
-        batch = Dim("batch", min=1, max=_MAX_SIZE)
-        height, width = Dim("height", min=MIN_SIZE, max=_MAX_SIZE), Dim("width", min=MIN_SIZE, max=_MAX_SIZE)
+        batch = Dim("batch", min=1, max=_MAX_TRACED_SIDE)
+        height, width = (
+            Dim("height", min=MIN_TRACED_SIDE, max=_MAX_TRACED_SIDE),
+            Dim("width", min=MIN_TRACED_SIDE, max=_MAX_TRACED_SIDE),
+        )
         shapes = ({0: batch, 2: height, 3: width},)
         # torch.export specializes dims of size 1 and sizes below the minimum: trace a (2, 3, h, w)
-        h, w = (max(d, MIN_SIZE) for d in example.shape[-2:])
+        h, w = (max(d, MIN_TRACED_SIDE) for d in example.shape[-2:])
         example = example.new_zeros(2, example.shape[1], h, w)
     return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False).module()
 
@@ -348,7 +348,7 @@ def prepare_qat(model: EnhanceNet, example: Tensor, dynamic: bool = True) -> Gra
     Args:
         model: the FP32 network (its current weights are the starting point).
         example: a (B, 3, H, W) input; with `dynamic` only its rank and dtype matter.
-        dynamic: accept any batch and H, W >= MIN_SIZE (False: only `example`'s shape).
+        dynamic: accept any batch and H, W >= MIN_TRACED_SIDE (False: only `example`'s shape).
     """
     prepared = prepare_qat_pt2e(_export(model, example, dynamic, train=True), QaieQuantizer(qat=True))
     return _tag(prepared, model.config, "qat")
@@ -390,24 +390,8 @@ def calibrate(prepared: GraphModule, batches: Iterable[Tensor]) -> None:
     """Run (B, 3, H, W) batches in [0, 1] through `prepared` with observers on, no gradients."""
     prepared.apply(enable_observer)
     with torch.no_grad():
-        for batch in tqdm(batches, desc="calibrate", unit="batch", leave=False, file=sys.stderr):
+        for batch in progress(batches, desc="calibrate", unit="batch", leave=False):
             prepared(batch)
-
-
-def calibration_batches(
-    spec: str, images: int = 128, crop: int = 100, batch_size: int = 16, seed: int = 0
-) -> list[Tensor]:
-    """PTQ calibration data: `images` training crops of the data `spec` (cycling through small
-    datasets with fresh random crops), as (B, 3, crop, crop) batches in [0, 1]."""
-    from qaie.data.datasets import make_dataset
-
-    if images < 1:
-        raise QaieError(f"--calibrate-images must be at least 1, got {images}")
-    dataset = make_dataset(spec, "train", crop=crop, seed=seed)
-    if len(dataset) < images:
-        dataset = make_dataset(spec, "train", crop=crop, seed=seed, repeats=-(-images // len(dataset)))
-    crops = [dataset[i][0] for i in range(images)]  # (3, crop, crop) inputs
-    return [torch.stack(crops[i : i + batch_size]) for i in range(0, images, batch_size)]
 
 
 def freeze_observers(prepared: GraphModule) -> None:
@@ -443,26 +427,3 @@ def _round_bias(converted: GraphModule, conv: Node) -> None:
     b = getattr_from_fqn(converted, bias.target)
     step = (x_scale * w_scale.double()).to(b.device)
     b.copy_((torch.round(b.double() / step) * step).to(b.dtype))
-
-
-def calibrate_checkpoint(
-    source: str | os.PathLike,
-    data: str,
-    out: str | os.PathLike,
-    *,
-    images: int = 128,
-    crop: int = 100,
-    seed: int = 0,
-) -> GraphModule:
-    """PTQ as a checkpoint: the FP32 checkpoint `source` prepared, calibrated on `images`
-    training crops of `data`, saved to `out` (reloads like a QAT checkpoint; `qaie export`
-    and `qaie parity` take it). No training."""
-    from qaie.quant.checkpoint import load_model, save_model
-
-    loaded = load_model(source)
-    if loaded.quant is not None:
-        raise QaieError(f"{source}: already quantized ({loaded.quant}); PTQ starts from an FP32 checkpoint")
-    prepared = prepare_ptq(loaded.net, torch.rand(2, 3, crop, crop))
-    calibrate(prepared, calibration_batches(data, images=images, crop=crop, seed=seed))
-    save_model(out, prepared, loaded.config, "ptq", train_config=loaded.train_config)
-    return prepared

@@ -134,15 +134,6 @@ def import_tflite(path: str | os.PathLike) -> ImportedModel:
     return ImportedModel(net, config, source)
 
 
-def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> ImportedModel:
-    """`qaie import`: write the FP32 checkpoint of the .tflite `path` to `out` (atomically)."""
-    from qaie.quant.checkpoint import save_model
-
-    imported = import_tflite(path)
-    save_model(out, imported.net, imported.config, source=imported.source)
-    return imported
-
-
 class _Graph:
     """The first subgraph of a TFLite model (object API), with the lookups the import needs."""
 

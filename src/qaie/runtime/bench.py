@@ -8,6 +8,10 @@ is one interpreter call; a smaller one is padded, a larger one enhanced stage by
 windows (a file with stage signatures) or in tiles (`enhance_image`), which is what a user of
 that frame size gets. Times include the
 uint8 <-> model-tensor conversion; warm-up runs are excluded.
+
+`compare` times two files in one process, alternately (A B, then B A, ...), so that a load
+that comes and goes on a shared machine falls on both: their ratio is the number to quote,
+not either absolute time.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from qaie.errors import QaieError
+from qaie.imageio import Size
+from qaie.jsonio import dumps
 from qaie.runtime.formats import open_deployed
-from qaie.runtime.litert import Size, TileModel, choose_tile, enhance_image, format_size, plan_tiles
+from qaie.runtime.litert import TFLiteModel, TileModel, choose_tile, enhance_image, format_size, plan_tiles
 from qaie.runtime.wholephoto import choose_window, padded_size, plan_axis
 
 
@@ -60,6 +66,35 @@ class BenchReport:
     machine: str
     cpus: int
     rows: list[BenchRow]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """Two files timed alternately on one frame in one process; times in milliseconds."""
+
+    size: str
+    threads: int
+    runs: int
+    warmup: int
+    median_ms: float  # the model
+    other_median_ms: float  # the other file
+    ratio: float  # median_ms / other_median_ms
+    paired_ratio: float  # median over runs of (model time / other's time in the same round)
+    ratio_p10: float  # spread of the per-round ratios
+    ratio_p90: float
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    model: str
+    other: str
+    machine: str
+    cpus: int
+    load_avg: tuple[float, float, float]  # 1, 5, 15 min, taken before the first case
+    rows: list[CompareRow]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,6 +136,52 @@ def bench(
     )
 
 
+def compare(
+    path: str | os.PathLike,
+    other: str | os.PathLike,
+    sizes: list[Size] | None,
+    threads: list[int],
+    *,
+    runs: int = 10,
+    warmup: int = 2,
+) -> CompareReport:
+    """Time `path` against `other`, alternately, in one fresh process per (size, threads)
+    (default size: the first exported size both files run directly)."""
+    path, other = Path(path), Path(other)
+    if runs < 1 or warmup < 0:
+        raise QaieError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    a, b = TFLiteModel(path, num_threads=1), TFLiteModel(other, num_threads=1)
+    if not sizes:
+        common = [s for s in a.sizes if s in b.sizes]
+        if not common:
+            raise QaieError(f"{path} and {other} share no exported size; pass --size HxW")
+        sizes = common[:1]
+    for size in sizes:  # a bad size fails before any run
+        frame_mode(a, size)
+        frame_mode(b, size)
+    load = tuple(round(x, 2) for x in os.getloadavg())
+    rows = [_compare_in_subprocess(path, other, size, n, runs, warmup) for size in sizes for n in threads]
+    return CompareReport(str(path), str(other), platform.platform(), os.cpu_count() or 1, load, rows)
+
+
+def format_compare(report: CompareReport) -> str:
+    """The comparison as a text table, one row per (size, threads)."""
+    load = ", ".join(f"{x:.2f}" for x in report.load_avg)
+    lines = [
+        f"A = {report.model}\nB = {report.other}",
+        f"{report.machine}, {report.cpus} CPUs, load average {load}; alternating runs in one process",
+        f"{'size':>11} {'thr':>3} {'runs':>4} {'A median ms':>11} {'B median ms':>11} {'A/B':>6} "
+        f"{'paired A/B (p10-p90)':>21}",
+    ]
+    for r in report.rows:
+        paired = f"{r.paired_ratio:.3f} ({r.ratio_p10:.3f}-{r.ratio_p90:.3f})"
+        lines.append(
+            f"{r.size:>11} {r.threads:>3} {r.runs:>4} {r.median_ms:>11.1f} {r.other_median_ms:>11.1f} "
+            f"{r.ratio:>6.3f} {paired:>21}"
+        )
+    return "\n".join(lines)
+
+
 def format_table(report: BenchReport) -> str:
     """The report as a text table, one row per configuration."""
     kind = "INT8" if report.int8 else "float"
@@ -125,6 +206,41 @@ def _measure_in_subprocess(path: Path, size: Size, threads: int, runs: int, warm
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise QaieError(f"{path}: benchmark of {format_size(size)} with {threads} threads failed: {last}")
     return BenchRow(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _compare_in_subprocess(
+    path: Path, other: Path, size: Size, threads: int, runs: int, warmup: int
+) -> CompareRow:
+    args = [sys.executable, "-m", "qaie.runtime.bench", "--compare", str(path), str(other)]
+    args += [str(x) for x in (*size, threads, runs, warmup)]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise QaieError(
+            f"{path} vs {other}: comparison at {format_size(size)}, {threads} threads failed: {last}"
+        )
+    return CompareRow(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def measure_pair(path: Path, other: Path, size: Size, threads: int, runs: int, warmup: int) -> CompareRow:
+    """Time two files on the same frame in this process, alternating which goes first."""
+    models = [TFLiteModel(p, num_threads=threads) for p in (path, other)]
+    tiles = [None if m == "stages" else t for m, t, _ in (frame_mode(m, size) for m in models)]
+    frame = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    times: list[list[float]] = [[], []]
+    for i in range(warmup + runs):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            enhance_image(models[k], frame, tile=tiles[k])
+            if i >= warmup:
+                times[k].append((time.perf_counter() - start) * 1000)
+    a, b = (float(np.median(t)) for t in times)
+    ratios = np.array(times[0]) / np.array(times[1])
+    p10, paired, p90 = (float(x) for x in np.percentile(ratios, [10, 50, 90]))
+    return CompareRow(
+        format_size(size), threads, runs, warmup, round(a, 3), round(b, 3), round(a / b, 4),
+        round(paired, 4), round(p10, 4), round(p90, 4),
+    )  # fmt: skip
 
 
 def _max_rss_mb() -> float:
@@ -153,8 +269,17 @@ def measure(path: Path, size: Size, threads: int, runs: int, warmup: int) -> Ben
 
 
 if __name__ == "__main__":  # the fresh process of one configuration: prints its row as JSON
+    if sys.argv[1] == "--compare":  # two files, alternately: prints their CompareRow as JSON
+        import ai_edge_litert.interpreter  # noqa: F401
+
+        first, second, h, w, n_threads, n_runs, n_warmup = sys.argv[2:]
+        pair = measure_pair(
+            Path(first), Path(second), (int(h), int(w)), int(n_threads), int(n_runs), int(n_warmup)
+        )
+        print(dumps(dataclasses.asdict(pair), indent=None), end="")
+        sys.exit(0)
     model_path, h, w, n_threads, n_runs, n_warmup = sys.argv[1:]
     # (the runtime is imported before the baseline RSS is taken)
     importlib.import_module("onnxruntime" if model_path.endswith(".onnx") else "ai_edge_litert.interpreter")
     row = measure(Path(model_path), (int(h), int(w)), int(n_threads), int(n_runs), int(n_warmup))
-    print(json.dumps(dataclasses.asdict(row)))
+    print(dumps(dataclasses.asdict(row), indent=None), end="")

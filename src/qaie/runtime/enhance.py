@@ -3,7 +3,7 @@
 Everything that can be checked before work starts is checked first (inputs exist, outputs
 do not clash or exist, the model loads), so a run fails fast and whole. Each file is then
 read, enhanced and written atomically; a bad file is reported and skipped, never half written.
-Torch-free for `.tflite` models.
+Torch-free: the model comes opened (`qaie.quant.predict.open_model`).
 """
 
 from __future__ import annotations
@@ -13,75 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from qaie.atomic import check_writable
 from qaie.errors import QaieError
-from qaie.imageio import IMAGE_EXTENSIONS, list_images, read_rgb, write_image
-from qaie.runtime.litert import Size, TFLiteModel, TileModel, check_tile, enhance_image
-from qaie.runtime.models import default_model
-from qaie.runtime.wholephoto import check_window
-
-CHECKPOINT_TILE = (512, 512)  # PyTorch runs any size; tiles bound its activation memory
-CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
-
-
-def open_model(
-    path: str | os.PathLike | None,
-    num_threads: int | None = None,
-    tile: Size | None = None,
-    *,
-    whole: bool = False,
-) -> TileModel:
-    """A `.tflite` in LiteRT (torch-free; `num_threads` applies), a training checkpoint in
-    PyTorch (stages in windows of `tile`, default CHECKPOINT_TILE; with `whole`, the whole
-    photo in one pass: the reference), or, when None, the shipped model."""
-    path = default_model() if path is None else Path(path)
-    if path.suffix.lower() in (".onnx", ".pte"):  # ONNX: any size, the whole photo in one pass
-        from qaie.quant.deployed import open_deployed  # (torch only for .pte)
-
-        return open_deployed(path, num_threads)
-    if path.suffix.lower() == ".tflite":
-        if whole:
-            raise QaieError(
-                "--tile none runs a checkpoint on the whole photo in one pass; a .tflite has fixed "
-                "sizes (it computes the whole-photo output in windows by itself)"
-            )
-        return TFLiteModel(path, num_threads)
-    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        return CheckpointModel(path, None if whole else tile or CHECKPOINT_TILE)
-    raise QaieError(
-        f"{path}: unknown model type {path.suffix!r}; pass an exported .tflite or a checkpoint "
-        f"({', '.join(CHECKPOINT_SUFFIXES)})"
-    )
-
-
-class CheckpointModel:
-    """A training checkpoint run in PyTorch (imports torch): FP32, or QAT/PTQ as its quantized
-    reference model. For comparing with the deployed `.tflite`, which is what a phone runs.
-
-    With a `window`, photos run stage by stage in windows of that size (qaie.quant.split; memory
-    bounded, the whole-photo output); with None, in one pass over the whole photo.
-    """
-
-    def __init__(self, path: Path, window: Size | None) -> None:
-        from qaie.experiment.evaluate import loaded_predictor
-        from qaie.quant.checkpoint import load_model
-        from qaie.quant.split import TorchStageRunner
-
-        if window is not None:
-            check_window(window)
-        loaded = load_model(path)  # read once: the one-pass predictor and the stages share it
-        self._predict = loaded_predictor(loaded)
-        self.sizes = None if window is None else (window,)
-        self.stages = None if window is None else TorchStageRunner(loaded.net, [window])
-
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W) in [0, 1]
-        y = self._predict(x)[0].permute(1, 2, 0)  # (H, W, 3)
-        return (y * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+from qaie.imageio import IMAGE_EXTENSIONS, Size, list_images, read_rgb, write_image
+from qaie.runtime.litert import TileModel, check_tile, enhance_image
 
 
 @dataclass(frozen=True)

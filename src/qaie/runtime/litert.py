@@ -8,12 +8,13 @@ into overlapping tiles whose outputs are blended with raised-cosine weights.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,10 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from qaie.errors import QaieError
-from qaie.imageio import MIN_SIZE
+from qaie.imageio import MIN_IMAGE_SIDE, Size
 from qaie.runtime.wholephoto import Quant, StageRunner, enhance_whole
-
-Size = tuple[int, int]  # (H, W)
 
 # The network's coarsest scale is S/8: tiles start on this grid so each tile's pixels are
 # computed with the same stride phases as in a whole-image run.
@@ -55,8 +54,10 @@ def parse_size(text: str, what: str = "size") -> Size:
         h, w = (int(parts[0]),) * 2 if len(parts) == 1 else map(int, parts)
     except ValueError:  # not integers, or more than two parts
         h = w = 0
-    if min(h, w) < MIN_SIZE:
-        raise QaieError(f"{what} {text!r}: expected HxW with both sides at least {MIN_SIZE} (e.g. 256x256)")
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise QaieError(
+            f"{what} {text!r}: expected HxW with both sides at least {MIN_IMAGE_SIDE} (e.g. 256x256)"
+        )
     return h, w
 
 
@@ -78,6 +79,35 @@ def parse_counts(text: str, what: str) -> list[int]:
 
 def format_size(size: Size) -> str:
     return f"{size[0]}x{size[1]}"
+
+
+# LiteRT's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to file
+# descriptor 2 at the first call of the process (no setting turns it off); outside --debug
+# (QAIE_DEBUG=1) that first call runs with fd 2 on /dev/null, so logs stay readable.
+_native_log_pending = True
+
+
+@contextlib.contextmanager
+def _first_call_quiet() -> Iterator[None]:
+    global _native_log_pending
+    if not _native_log_pending or os.environ.get("QAIE_DEBUG"):
+        yield
+        return
+    _native_log_pending = False
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _call(runner: Callable[..., dict[str, np.ndarray]], **inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a signature runner (the first call of the process without LiteRT's log line)."""
+    with _first_call_quiet():
+        return runner(**inputs)
 
 
 def default_threads() -> int:
@@ -201,7 +231,7 @@ class TFLiteStages:
 
     def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # (the interpreter reads an input's buffer as contiguous: window slices are views)
-        return self._runners[stage, size](**{k: np.ascontiguousarray(v) for k, v in inputs.items()})
+        return _call(self._runners[stage, size], **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
 
 
 class TFLiteModel:
@@ -262,7 +292,7 @@ class TFLiteModel:
         size = tile.shape[:2]
         sig = self.signatures.get(size)
         assert sig is not None and tile.shape[2:] == (3,) and tile.dtype == np.uint8, tile.shape
-        result = self._runners[size](**{sig.input_name: sig.input.encode(tile)[None]})  # (1, H, W, 3)
+        result = _call(self._runners[size], **{sig.input_name: sig.input.encode(tile)[None]})  # (1, H, W, 3)
         out = result[sig.output_name][0]
         return sig.output.decode(out.transpose(1, 2, 0) if sig.output_nchw else out)
 
@@ -279,8 +309,10 @@ def check_pixels(pixels: np.ndarray) -> Size:
     """(H, W) of an RGB uint8 image the network can take; QaieError for too small images."""
     assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8, pixels.shape
     h, w = pixels.shape[:2]
-    if h < MIN_SIZE or w < MIN_SIZE:
-        raise QaieError(f"image is {w}x{h} pixels; the network needs at least {MIN_SIZE}x{MIN_SIZE}")
+    if h < MIN_IMAGE_SIDE or w < MIN_IMAGE_SIDE:
+        raise QaieError(
+            f"image is {w}x{h} pixels; the network needs at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
     return h, w
 
 

@@ -31,12 +31,12 @@ from typing import Protocol
 import numpy as np
 
 from qaie.errors import QaieError
+from qaie.imageio import Size, to_uint8
 
 ALIGN = 8  # the network's coarsest scale is S/8: windows start on this grid
 HALO = 32  # pixels at a window's inner edge that a stage cannot compute exactly (measured <= 24)
 IMAGE = "image"
 OUTPUT = "enhanced"
-Size = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,7 @@ def enhance_whole(
                         x0 - col.start // s : x1 - col.start // s,
                     ]
                     if name == OUTPUT:
-                        result[y0:y1, x0:x1] = np.clip(np.rint(output_quant.decode(owned) * 255.0), 0, 255)
+                        result[y0:y1, x0:x1] = to_uint8(output_quant.decode(owned))
                         continue
                     if name not in maps:
                         maps[name] = np.empty((ph // s, pw // s, out.shape[-1]), out.dtype)

@@ -1,0 +1,53 @@
+"""PTQ calibration data (training crops) and PTQ as a checkpoint (`qaie calibrate`).
+
+Apart from the quantizer (`quantize`) because it reads data and checkpoints, which
+`checkpoint` in turn builds on the quantizer: this module sits above both.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+from torch.fx import GraphModule
+
+from qaie.data.datasets import make_dataset
+from qaie.errors import QaieError
+from qaie.quant.checkpoint import load_model, save_model
+from qaie.quant.quantize import calibrate, prepare_ptq
+
+
+def calibration_batches(
+    spec: str, images: int = 128, crop: int = 100, batch_size: int = 16, seed: int = 0
+) -> list[Tensor]:
+    """PTQ calibration data: `images` training crops of the data `spec` (cycling through small
+    datasets with fresh random crops), as (B, 3, crop, crop) batches in [0, 1]."""
+    if images < 1:
+        raise QaieError(f"--calibrate-images must be at least 1, got {images}")
+    dataset = make_dataset(spec, "train", crop=crop, seed=seed)
+    if len(dataset) < images:
+        dataset = make_dataset(spec, "train", crop=crop, seed=seed, repeats=-(-images // len(dataset)))
+    crops = [dataset[i][0] for i in range(images)]  # (3, crop, crop) inputs
+    return [torch.stack(crops[i : i + batch_size]) for i in range(0, images, batch_size)]
+
+
+def calibrate_checkpoint(
+    source: str | os.PathLike,
+    data: str,
+    out: str | os.PathLike,
+    *,
+    images: int = 128,
+    crop: int = 100,
+    seed: int = 0,
+) -> GraphModule:
+    """PTQ as a checkpoint: the FP32 checkpoint `source` prepared, calibrated on `images`
+    training crops of `data`, saved to `out` (reloads like a QAT checkpoint; `qaie export`
+    and `qaie parity` take it). No training."""
+    loaded = load_model(source)
+    if loaded.quant is not None:
+        raise QaieError(f"{source}: already quantized ({loaded.quant}); PTQ starts from an FP32 checkpoint")
+    prepared = prepare_ptq(loaded.net, torch.rand(2, 3, crop, crop))
+    calibrate(prepared, calibration_batches(data, images=images, crop=crop, seed=seed))
+    save_model(out, prepared, loaded.config, "ptq", train_config=loaded.train_config)
+    return prepared
