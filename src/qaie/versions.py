@@ -5,13 +5,20 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
+STACK = ("qaie", "torch", "torchao", "litert-torch", "ai-edge-litert", "lightning", "numpy")
 
-def versions() -> dict[str, str]:
-    """Versions of Python and the stack, read from package metadata (imports nothing heavy)."""
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("qaie", "torch", "torchao", "litert-torch", "ai-edge-litert", "lightning", "numpy"):
+
+def package_versions(*dists: str) -> dict[str, str]:
+    """Installed versions of `dists`, read from package metadata (imports nothing heavy)."""
+    out = {}
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
+
+
+def versions() -> dict[str, str]:
+    """Python, the platform and the stack: what a bug report needs."""
+    return {"python": platform.python_version(), "platform": platform.platform(), **package_versions(*STACK)}

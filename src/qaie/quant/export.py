@@ -390,7 +390,7 @@ def export_tflite(
 
 
 def _sidecar(result: ExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
-    from qaie.versions import versions
+    from qaie.versions import package_versions
 
     return {
         "file": result.path.name,
@@ -409,7 +409,7 @@ def _sidecar(result: ExportResult, config: ModelConfig, source_checkpoint: str |
         "requantize_ops": result.ops.requantize_ops,
         "dequantize_ops": result.ops.dequantize_ops,
         "source_checkpoint": source_checkpoint,
-        "versions": {k: v for k, v in versions().items() if k in _VERSION_KEYS},
+        "versions": package_versions(*_VERSION_KEYS),
     }
 
 

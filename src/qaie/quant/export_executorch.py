@@ -35,10 +35,11 @@ from torch.fx import GraphModule
 from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
+from qaie.imageio import Size
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize
-from qaie.quant.export_onnx import package_versions
-from qaie.runtime.litert import Size, check_pixels, sidecar_path
+from qaie.runtime.litert import check_pixels, sidecar_path
+from qaie.versions import package_versions
 
 INSTALL_HINT = "ExecuTorch needs the executorch extra: pip install 'qaie[executorch]'"
 _METHOD = re.compile(r"enhance_(\d+)x(\d+)")

@@ -32,7 +32,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,7 @@ from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize
 from qaie.runtime.litert import sidecar_path
 from qaie.runtime.onnxrt import INPUT_NAME, INSTALL_HINT, IO_META, OUTPUT_NAME, onnx_op_table
+from qaie.versions import package_versions
 
 OPSET = 21
 _MAX_SIDE = 1 << 14
@@ -150,8 +150,8 @@ def quantized_graph(source: EnhanceNet | GraphModule, calibration: Iterable[Tens
 
 def _to_onnx(module: torch.nn.Module):
     """torch.onnx (dynamo) export with batch 1 and dynamic H, W: an onnx.ModelProto."""
-    height = Dim("height", min=quantize.MIN_SIZE, max=_MAX_SIDE)
-    width = Dim("width", min=quantize.MIN_SIZE, max=_MAX_SIDE)
+    height = Dim("height", min=quantize.MIN_TRACED_SIDE, max=_MAX_SIDE)
+    width = Dim("width", min=quantize.MIN_TRACED_SIDE, max=_MAX_SIDE)
     with torch.no_grad():
         program = torch.onnx.export(
             module,
@@ -362,14 +362,3 @@ def _sidecar(result: OnnxExportResult, config: ModelConfig, source_checkpoint: s
         "source_checkpoint": source_checkpoint,
         "versions": package_versions("qaie", "torch", "torchao", "onnx", "onnxscript", "onnxruntime"),
     }
-
-
-def package_versions(*dists: str) -> dict[str, str]:
-    """Installed versions for a sidecar (metadata only: imports nothing)."""
-    out = {}
-    for dist in dists:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from qaie.errors import QaieError
-from qaie.runtime.litert import PixelCodec, Size, default_threads
+from qaie.imageio import Size
+from qaie.runtime.litert import PixelCodec, default_threads
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "enhanced"
