@@ -115,6 +115,17 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def model_file(path: str | os.PathLike, num_threads: int | None) -> tuple[Path, int]:
+    """A deployed file that exists and a valid thread count (default: all cores this process
+    may use): what every runtime checks before it opens a file."""
+    threads = default_threads() if num_threads is None else num_threads
+    if not isinstance(threads, int) or threads < 1:
+        raise QaieError(f"thread count must be a positive integer, got {threads!r}")
+    if not Path(path).is_file():
+        raise QaieError(f"{path}: model file not found")
+    return Path(path), threads
+
+
 @dataclass(frozen=True)
 class PixelCodec:
     """How uint8 pixels map to one model tensor: float in [0, 1], or integers q with
@@ -245,12 +256,7 @@ class TFLiteModel:
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.path = Path(path)
-        self.num_threads = default_threads() if num_threads is None else num_threads
-        if not isinstance(self.num_threads, int) or self.num_threads < 1:
-            raise QaieError(f"thread count must be a positive integer, got {self.num_threads!r}")
-        if not self.path.is_file():
-            raise QaieError(f"{self.path}: model file not found")
+        self.path, self.num_threads = model_file(path, num_threads)
         try:
             self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
         except (ValueError, RuntimeError) as err:

@@ -20,7 +20,7 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.imageio import Size
-from qaie.runtime.litert import PixelCodec, default_threads
+from qaie.runtime.litert import PixelCodec, model_file
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "enhanced"
@@ -67,12 +67,7 @@ class OnnxModel:
     stages = None  # one pass over the whole photo: no stage windows needed
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
-        self.path = Path(path)
-        self.num_threads = default_threads() if num_threads is None else num_threads
-        if not isinstance(self.num_threads, int) or self.num_threads < 1:
-            raise QaieError(f"thread count must be a positive integer, got {self.num_threads!r}")
-        if not self.path.is_file():
-            raise QaieError(f"{self.path}: model file not found")
+        self.path, self.num_threads = model_file(path, num_threads)
         self._session = _session(self.path, self.num_threads)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
