@@ -19,6 +19,7 @@ so `--resume` works through Lightning and everything else through this module.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import zipfile
@@ -86,6 +87,21 @@ def save_model(
         torch.save(checkpoint, tmp)
 
 
+def load_plain(path: Path, refused: str, content: bytes | None = None) -> Any:
+    """torch.load with weights_only=True of `path` (or of its `content`, already read): a
+    checkpoint is data, never code. One-line errors name the file; `refused` says why a file
+    that needs arbitrary unpickling is not loaded."""
+    try:
+        return torch.load(
+            io.BytesIO(content) if content is not None else path, map_location="cpu", weights_only=True
+        )
+    except pickle.UnpicklingError as err:  # weights_only met a class it does not allow
+        raise QaieError(f"{path}: {refused}") from err
+    except Exception as err:  # torch raises many types for damaged archives
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise QaieError(f"{path}: checkpoint is corrupt ({reason})") from err
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint dict, checked to be a qaie checkpoint; QaieError naming the file if not."""
     path = Path(path)
@@ -94,16 +110,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise QaieError(f"{path}: checkpoint not found")
     _check_archive(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # weights_only met a class it does not allow
-        raise QaieError(
-            f"{path}: not a qaie checkpoint, or corrupt (it holds Python objects, not only tensors and "
-            "plain data)"
-        ) from err
-    except Exception as err:  # torch raises many types for damaged archives
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise QaieError(f"{path}: checkpoint is corrupt ({reason})") from err
+    checkpoint = load_plain(
+        path, "not a qaie checkpoint, or corrupt (it holds Python objects, not only tensors and plain data)"
+    )
     if not isinstance(checkpoint, dict) or not {"model_config", "state_dict"} <= checkpoint.keys():
         raise QaieError(
             f"{path}: not a qaie checkpoint (no model_config/state_dict); train one with qaie train"

@@ -38,15 +38,12 @@ from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize
+from qaie.quant.export import signature_name  # a .pte method is named as a .tflite signature
 from qaie.runtime.litert import check_pixels, sidecar_path
 from qaie.versions import package_versions
 
 INSTALL_HINT = "ExecuTorch needs the executorch extra: pip install 'qaie[executorch]'"
 _METHOD = re.compile(r"enhance_(\d+)x(\d+)")
-
-
-def method_name(size: Size) -> str:
-    return f"enhance_{size[0]}x{size[1]}"
 
 
 @dataclass(frozen=True)
@@ -123,7 +120,7 @@ def export_pte(
             raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
         quant, config = None, source.config
         for size in sizes:
-            programs[method_name(size)] = torch.export.export(source.eval(), (torch.rand(1, 3, *size),))
+            programs[signature_name(size)] = torch.export.export(source.eval(), (torch.rand(1, 3, *size),))
     elif fmt == "int8":
         prepared = quantized_graph(source, calibration)
         config, quant = quantize.graph_info(prepared)
@@ -133,7 +130,7 @@ def export_pte(
             _vector_scalars(static)
             constant_fold(static, _quant_node_constraint)  # int8 weights: what XNNPACK delegates
             static.recompile()
-            programs[method_name(size)] = torch.export.export(static, (example,))
+            programs[signature_name(size)] = torch.export.export(static, (example,))
     else:
         raise QaieError(f"format {fmt!r}: expected fp32 or int8")
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])

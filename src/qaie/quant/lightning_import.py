@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 from qaie.config import ModelConfig
 from qaie.errors import QaieError
 from qaie.nn.model import EnhanceNet
+from qaie.quant.checkpoint import ZIP_MAGIC, load_plain
 from qaie.quant.tflite_import import FUSED, ImportedModel
 
 SUFFIXES = (".ckpt", ".pth", ".pt")
@@ -86,7 +86,13 @@ def import_lightning(path: str | os.PathLike, output_residual: bool | None = Non
     """
     path = Path(path)
     data = _read(path)
-    raw = _load(path)
+    # (their Lightning checkpoints, with optimizer, loops and callbacks, are all plain data)
+    raw = load_plain(
+        path,
+        "holds pickled Python objects, not only tensors and plain data; qaie does not unpickle them "
+        "(re-save its state_dict alone where the file is trusted)",
+        data,
+    )
     if isinstance(raw, dict) and "model_config" in raw:
         raise QaieError(
             f"{path}: a qaie checkpoint already; use it as it is (qaie import reads the authors' files)"
@@ -121,8 +127,6 @@ def import_lightning(path: str | os.PathLike, output_residual: bool | None = Non
 
 
 def _read(path: Path) -> bytes:
-    from qaie.quant.checkpoint import ZIP_MAGIC
-
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -130,22 +134,6 @@ def _read(path: Path) -> bytes:
     if not data.startswith(ZIP_MAGIC):
         raise QaieError(f"{path}: not a torch.save archive; give the authors' Lightning .ckpt or a .tflite")
     return data
-
-
-def _load(path: Path) -> Any:
-    """torch.load with weights_only=True: a checkpoint is data, and their Lightning checkpoints
-    (weights, optimizer and scheduler states, loops, callbacks; no hyper_parameters) are all
-    plain. A file that needs arbitrary unpickling is refused rather than run."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise QaieError(
-            f"{path}: holds pickled Python objects, not only tensors and plain data; qaie does not "
-            "unpickle them (re-save its state_dict alone where the file is trusted)"
-        ) from err
-    except Exception as err:  # torch raises many types for damaged archives
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise QaieError(f"{path}: checkpoint is corrupt ({reason})") from err
 
 
 def _network_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
