@@ -86,6 +86,8 @@ def test_uint8_io_adds_only_edge_requantizes(cli_uint8: tuple[Path, str]) -> Non
     table = inspect_tflite(cli_uint8[0])
     assert table.float_ops == 0 and table.dequantize_ops == 0
     assert table.quantize_ops == table.requantize_ops == 2  # uint8 -> int8 in, int8 -> uint8 out
+    for r in table.requantizations:  # the zero point moves by 128, the step stays 1/255
+        assert math.isclose(r.coarser, 1.0, rel_tol=1e-6), r
     (inp,), (out,) = table.inputs, table.outputs
     for t in (inp, out):
         assert (t.dtype, t.zero_point) == ("UINT8", 0) and math.isclose(t.scale, 1 / 255, rel_tol=1e-6)

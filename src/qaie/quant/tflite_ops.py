@@ -10,6 +10,11 @@ Definitions (over every op of every subgraph in the file):
 - ``quantize_ops``: QUANTIZE ops, of which ``requantize_ops`` take an integer input
   (int8 -> int8 rescale, or uint8 <-> int8 at uint8 I/O edges): integer-only ops.
 - ``dequantize_ops``: DEQUANTIZE ops.
+- ``requantizations``: each requantize, with the op whose output it rescales and how much
+  coarser its step is. A converter adds them where an int8 op needs one scale on all its
+  inputs (TFLite's CONCATENATION): a tanh (step 1/128) requantized to the step of the
+  features it is concatenated with keeps only a few of its 256 values, and any op reading
+  the copy (the authors' gates a*b) computes with those.
 """
 
 from __future__ import annotations
@@ -50,11 +55,27 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class Requantization:
+    """An integer QUANTIZE: the op whose output it rescales ("input" for a graph input) and
+    the steps before and after. `coarser` = out_scale / in_scale (1: only the zero point or the
+    dtype changes, as at uint8 I/O; 92.7: 256 input values land on about 3 output values)."""
+
+    producer: str
+    in_scale: float
+    out_scale: float
+
+    @property
+    def coarser(self) -> float:
+        return self.out_scale / self.in_scale
+
+
+@dataclass(frozen=True)
 class OpTable:
     ops: list[OpRow]
     signatures: list[str]
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
+    requantizations: list[Requantization]
 
     @property
     def float_ops(self) -> int:
@@ -84,6 +105,7 @@ class OpTable:
             "quantize_ops": self.quantize_ops,
             "requantize_ops": self.requantize_ops,
             "dequantize_ops": self.dequantize_ops,
+            "requantizations": [{**asdict(r), "coarser": r.coarser} for r in self.requantizations],
             "signatures": self.signatures,
             "inputs": [asdict(t) for t in self.inputs],
             "outputs": [asdict(t) for t in self.outputs],
@@ -119,9 +141,15 @@ def _op_table(model) -> OpTable:  # model: schema.Model
     def tensor_dtype(graph, index: int) -> str:
         return type_names[graph.Tensors(index).Type()]
 
+    def scale(graph, index: int) -> float | None:
+        q = graph.Tensors(index).Quantization()
+        return float(q.Scale(0)) if q is not None and q.ScaleLength() == 1 else None
+
     counts: Counter[tuple[str, tuple[str, ...], tuple[str, ...]]] = Counter()
+    requantizations = []
     for g in range(model.SubgraphsLength()):
         graph = model.Subgraphs(g)
+        producers: dict[int, str] = {}
         for o in range(graph.OperatorsLength()):
             op = graph.Operators(o)
             code = model.OperatorCodes(op.OpcodeIndex())
@@ -131,6 +159,14 @@ def _op_table(model) -> OpTable:  # model: schema.Model
             ins = tuple(tensor_dtype(graph, i) for i in op.InputsAsNumpy() if i >= 0)
             outs = tuple(tensor_dtype(graph, i) for i in op.OutputsAsNumpy() if i >= 0)
             counts[(name, ins, outs)] += 1
+            source, target = int(op.Inputs(0)), int(op.Outputs(0))
+            if name == "QUANTIZE" and not OpRow(name, ins, outs, 1).is_float:
+                in_scale, out_scale = scale(graph, source), scale(graph, target)
+                if in_scale and out_scale:
+                    requantizations.append(
+                        Requantization(producers.get(source, "input"), in_scale, out_scale)
+                    )
+            producers.update((int(t), name) for t in op.OutputsAsNumpy())
 
     def tensor_info(sig_name: str, graph, tensor_map) -> TensorInfo:
         t = graph.Tensors(tensor_map.TensorIndex())
@@ -155,7 +191,7 @@ def _op_table(model) -> OpTable:  # model: schema.Model
         outputs += [tensor_info(name, graph, sig.Outputs(i)) for i in range(sig.OutputsLength())]
 
     rows = [OpRow(op, ins, outs, n) for (op, ins, outs), n in sorted(counts.items())]
-    return OpTable(rows, signatures, inputs, outputs)
+    return OpTable(rows, signatures, inputs, outputs, requantizations)
 
 
 def format_table(table: OpTable) -> str:
@@ -168,6 +204,11 @@ def format_table(table: OpTable) -> str:
         f"total_ops: {table.total_ops}  float_ops: {table.float_ops}  quantize_ops: {table.quantize_ops}"
         f" (requantize {table.requantize_ops})  dequantize_ops: {table.dequantize_ops}"
     )
+    for r in table.requantizations:
+        what = "graph input" if r.producer == "input" else f"{r.producer} output"
+        lines.append(
+            f"requantize: {what}, step {r.in_scale:.6g} -> {r.out_scale:.6g} ({r.coarser:.3g}x coarser)"
+        )
     for t in table.inputs + table.outputs:
         kind = "input " if t in table.inputs else "output"
         q = f" scale={t.scale:.8g} zero_point={t.zero_point}" if t.scale is not None else ""
