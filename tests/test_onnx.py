@@ -140,3 +140,15 @@ def test_missing_extra_is_one_line(onnx_files, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(QaieError, match=r"pip install 'qaie\[onnx\]'"):
         OnnxModel(onnx_files["qat"])
+
+
+def test_ptq_export_of_an_fp32_checkpoint(quant_models, tmp_path, capsys):
+    """`qaie export FP32.ckpt --format int8 --calibrate SPEC` to .onnx: PTQ first, then QDQ."""
+    out = tmp_path / "ptq.onnx"
+    argv = ["export", str(quant_models.ckpt["fp32"]), "--format", "int8", "--out", str(out)]
+    assert main([*argv, "--calibrate", "builtin", "--calibrate-images", "2", "--calibrate-crop", "32"]) in (
+        0,
+        None,
+    )
+    assert "int8 (ptq)" in capsys.readouterr().out
+    assert json.loads(out.with_name("ptq.onnx.json").read_text())["quant"] == "ptq"

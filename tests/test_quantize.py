@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.fx import GraphModule
@@ -176,9 +177,23 @@ def test_prepare_leaves_the_callers_model_alone() -> None:
 
 
 def test_calibration_batches_cycle_small_datasets() -> None:
-    batches = calibrate.calibration_batches("builtin", images=20, crop=32, batch_size=8)
-    assert [b.shape for b in batches] == [(8, 3, 32, 32), (8, 3, 32, 32), (4, 3, 32, 32)]
+    batches = calibrate.calibration_batches("builtin", images=40, crop=32)
+    assert [b.shape for b in batches] == [(16, 3, 32, 32), (16, 3, 32, 32), (8, 3, 32, 32)]
     assert all(float(b.min()) >= 0 and float(b.max()) <= 1 for b in batches)
+
+
+def test_calibration_batches_take_rectangles_and_shrink_with_them(tmp_path) -> None:
+    """Whole-frame calibration (e.g. 1920x1080) on photos: one crop per batch once a crop holds
+    more than 16 crops of 128x128; landscape photos give portrait crops (turned)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (400, 640, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    small = calibrate.calibration_batches(f"photos:{tmp_path}", images=3, crop=(96, 64))
+    assert [b.shape for b in small] == [(3, 3, 96, 64)]
+    large = calibrate.calibration_batches(f"photos:{tmp_path}", images=3, crop=(600, 400))
+    assert [b.shape for b in large] == [(1, 3, 600, 400)] * 3
 
 
 def test_calibrate_command_writes_a_ptq_checkpoint(tiny_checkpoint, tmp_path, capsys) -> None:

@@ -376,7 +376,12 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="FP32 checkpoint")
     p.add_argument("--data", required=True, help="data spec; crops of its training split are used")
     p.add_argument("--images", type=int, default=128, help="calibration crops (default 128)")
-    p.add_argument("--crop", type=int, default=100, help="crop size (default 100, as DPED)")
+    p.add_argument(
+        "--crop",
+        default="100",
+        metavar="N|HxW",
+        help="crop size (default 100, as DPED; HxW for photos: data, e.g. the size the model will run at)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the crops and degradations")
     p.add_argument("--out", required=True, help="PTQ checkpoint to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
@@ -388,11 +393,11 @@ def _run_calibrate(args: argparse.Namespace) -> None:
 
     from qaie.atomic import check_writable
     from qaie.quant.calibrate import calibrate_checkpoint
+    from qaie.runtime.litert import parse_size
 
     check_writable(Path(args.out), args.overwrite)
-    calibrate_checkpoint(
-        args.checkpoint, args.data, args.out, images=args.images, crop=args.crop, seed=args.seed
-    )
+    crop = parse_size(args.crop, "--crop")
+    calibrate_checkpoint(args.checkpoint, args.data, args.out, images=args.images, crop=crop, seed=args.seed)
     print(f"wrote {args.out} (PTQ, {args.images} training crops of {args.data})")
 
 
@@ -418,7 +423,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--calibrate", metavar="SPEC", help="INT8 from an FP32 checkpoint: PTQ on this data")
     p.add_argument("--calibrate-images", type=int, default=128, help="PTQ training crops (default 128)")
-    p.add_argument("--calibrate-crop", type=int, default=100, help="PTQ crop size (default 100, as DPED)")
+    p.add_argument(
+        "--calibrate-crop",
+        default="100",
+        metavar="N|HxW",
+        help="PTQ crop size (default 100, as DPED; HxW for photos: data, e.g. the --size it will run at)",
+    )
     p.add_argument("--uint8-io", action="store_true", help="INT8: uint8 input/output instead of int8")
     p.add_argument(
         "--no-stages",
@@ -465,22 +475,13 @@ def _run_export(args: argparse.Namespace) -> None:
     check_output(out, args.overwrite)
     sizes = parse_sizes(args.size, "--size")
     loaded = load_model(args.checkpoint)
-    calibration = None
-    if args.format == "int8" and loaded.quant is None:
-        if not args.calibrate:
-            raise QaieError(f"{args.checkpoint}: FP32 checkpoint; INT8 needs PTQ data, pass --calibrate SPEC")
-        from qaie.quant.calibrate import calibration_batches
-
-        calibration = calibration_batches(
-            args.calibrate, images=args.calibrate_images, crop=args.calibrate_crop
-        )
     result = export_tflite(
         loaded.net,
         args.format,
         sizes,
         out,
         uint8_io=args.uint8_io,
-        calibration=calibration,
+        calibration=_calibration(args, loaded),
         source_checkpoint=str(args.checkpoint),
         stages=not args.no_stages,
     )
@@ -508,9 +509,11 @@ def _calibration(args: argparse.Namespace, loaded):  # -> list[Tensor] | None
         return None
     if not args.calibrate:
         raise QaieError(f"{args.checkpoint}: FP32 checkpoint; INT8 needs PTQ data, pass --calibrate SPEC")
-    from qaie.quant.quantize import calibration_batches
+    from qaie.quant.calibrate import calibration_batches
+    from qaie.runtime.litert import parse_size
 
-    return calibration_batches(args.calibrate, images=args.calibrate_images, crop=args.calibrate_crop)
+    crop = parse_size(args.calibrate_crop, "--calibrate-crop")
+    return calibration_batches(args.calibrate, images=args.calibrate_images, crop=crop)
 
 
 def _run_export_other(args: argparse.Namespace, runtime: str) -> None:

@@ -14,21 +14,30 @@ from torch.fx import GraphModule
 
 from qaie.data.datasets import make_dataset
 from qaie.errors import QaieError
-from qaie.quant.checkpoint import load_model, save_model
+from qaie.quant.checkpoint import EXAMPLE_SIZE, load_model, save_model
 from qaie.quant.quantize import calibrate, prepare_ptq
+
+BATCH_PIXELS = 16 * 128 * 128  # calibration batches hold at most 16 crops of 128x128
 
 
 def calibration_batches(
-    spec: str, images: int = 128, crop: int = 100, batch_size: int = 16, seed: int = 0
+    spec: str, images: int = 128, crop: int | tuple[int, int] = 100, seed: int = 0
 ) -> list[Tensor]:
     """PTQ calibration data: `images` training crops of the data `spec` (cycling through small
-    datasets with fresh random crops), as (B, 3, crop, crop) batches in [0, 1]."""
+    datasets with fresh random crops), as (B, 3, H, W) batches in [0, 1].
+
+    `crop` is a side or (H, W) (photos: data, turned to the crop's orientation). The instance
+    norms' statistics are those of whatever the network sees, so calibrating on crops of the
+    size the model will run at (e.g. 1920x1080 for whole frames) gives it the ranges it meets
+    there. Batches shrink with the crop (down to 1) to bound memory."""
     if images < 1:
         raise QaieError(f"--calibrate-images must be at least 1, got {images}")
     dataset = make_dataset(spec, "train", crop=crop, seed=seed)
     if len(dataset) < images:
         dataset = make_dataset(spec, "train", crop=crop, seed=seed, repeats=-(-images // len(dataset)))
-    crops = [dataset[i][0] for i in range(images)]  # (3, crop, crop) inputs
+    h, w = (crop, crop) if isinstance(crop, int) else crop
+    batch_size = max(1, min(16, BATCH_PIXELS // (h * w)))
+    crops = [dataset[i][0] for i in range(images)]  # (3, H, W) inputs
     return [torch.stack(crops[i : i + batch_size]) for i in range(0, images, batch_size)]
 
 
@@ -38,7 +47,7 @@ def calibrate_checkpoint(
     out: str | os.PathLike,
     *,
     images: int = 128,
-    crop: int = 100,
+    crop: int | tuple[int, int] = 100,
     seed: int = 0,
 ) -> GraphModule:
     """PTQ as a checkpoint: the FP32 checkpoint `source` prepared, calibrated on `images`
@@ -47,7 +56,7 @@ def calibrate_checkpoint(
     loaded = load_model(source)
     if loaded.quant is not None:
         raise QaieError(f"{source}: already quantized ({loaded.quant}); PTQ starts from an FP32 checkpoint")
-    prepared = prepare_ptq(loaded.net, torch.rand(2, 3, crop, crop))
+    prepared = prepare_ptq(loaded.net, torch.rand(2, 3, *EXAMPLE_SIZE))  # dynamic H, W
     calibrate(prepared, calibration_batches(data, images=images, crop=crop, seed=seed))
     save_model(out, prepared, loaded.config, "ptq", train_config=loaded.train_config)
     return prepared
