@@ -111,10 +111,12 @@ def test_inspect_names_the_official_files_coarse_tanh_requantizations(official_m
     """What limits the official files (README): each encoder's two tanh outputs (step 1/128) are
     requantized to the step of the decoder concatenation they also feed, and the gate a*b reads
     those copies. The 1920x1080 file's steps are the coarsest (about 3 values per tanh)."""
-    from qaie.quant.tflite_ops import inspect_tflite
+    from qaie.quant.tflite_ops import format_table, inspect_tflite
 
     for name, least in ((SMALL, 15), (LARGE, 79)):
-        found = inspect_tflite(official_models / name).requantizations
+        table = inspect_tflite(official_models / name)
+        found = table.requantizations
+        assert format_table(table).count("requantize: TANH output, step 0.0078125 -> ") == 4
         assert [r.producer for r in found] == ["TANH"] * 4, name
         assert all(r.in_scale == 1 / 128 for r in found)
         assert min(r.coarser for r in found) > least, name  # measured 15.2, 48 / 92.7, 79.2
