@@ -19,25 +19,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils as fb
 
+from qaie.quant.tflite_import import TFLiteGraph
 
-class Graph:
-    """The first subgraph of a .tflite (object API), with op kinds and tensor producers."""
+
+class Graph(TFLiteGraph):
+    """The authors' graph, with tensor producers and readers for the edits."""
 
     def __init__(self, path: Path) -> None:
-        self.model = fb.read_model(str(path))
-        self.graph = self.model.subgraphs[0]
-        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-        self.kinds = [names[fb.get_builtin_code_from_operator_code(c)] for c in self.model.operatorCodes]
+        super().__init__(fb.read_model(str(path)))
         self.producer = {t: op for op in self.graph.operators for t in op.outputs}
-
-    def kind(self, op) -> str:
-        return self.kinds[op.opcodeIndex]
-
-    def ops(self, kind: str) -> list:
-        return [op for op in self.graph.operators if self.kind(op) == kind]
 
     def reader(self, tensor: int, kind: str):
         return next(op for op in self.graph.operators if tensor in op.inputs and self.kind(op) == kind)

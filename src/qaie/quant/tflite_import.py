@@ -24,6 +24,7 @@ import torch
 from qaie.config import ModelConfig
 from qaie.errors import QaieError
 from qaie.nn.model import EnhanceNet
+from qaie.quant.tflite_ops import read_tflite
 
 _REFINE = ("conv_norm", "conv_point", "conv_a", "project", "conv_b")  # converter's op order
 _BLOCKS = ("refine2", "refine4", "bottleneck", "dec4.refine", "dec2.refine")
@@ -55,20 +56,14 @@ def import_tflite(path: str | os.PathLike) -> ImportedModel:
     """The FP32 EnhanceNet an INT8 .tflite of the paper's network holds; QaieError (one line)
     for anything else: not a .tflite, a float model, another network."""
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils as fb
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise QaieError(f"{path}: cannot read ({err.strerror})") from err
-    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
-        raise QaieError(f"{path}: not a TFLite model (no TFL3 identifier); give an official INT8 .tflite")
-    try:
-        model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
-    except Exception as err:  # flatbuffers follows offsets unchecked: a damaged file fails anywhere
-        raise QaieError(f"{path}: truncated or corrupt TFLite model (its flatbuffer does not parse)") from err
-    graph = _Graph(model, fb, schema)
+    data, model = read_tflite(
+        path,
+        lambda data: (data, schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))),
+        advice="give an official INT8 .tflite",
+    )
+    graph = TFLiteGraph(model)
     convs = graph.ops("CONV_2D")
     if any(graph.dtype(op.inputs[1]) != "INT8" for op in convs):
         raise QaieError(
@@ -134,10 +129,14 @@ def import_tflite(path: str | os.PathLike) -> ImportedModel:
     return ImportedModel(net, config, source)
 
 
-class _Graph:
-    """The first subgraph of a TFLite model (object API), with the lookups the import needs."""
+class TFLiteGraph:
+    """The first subgraph of a TFLite model (object API: `schema.ModelT`, as
+    `flatbuffer_utils.read_model` gives it), with the lookups the import needs."""
 
-    def __init__(self, model, fb, schema) -> None:
+    def __init__(self, model) -> None:
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_litert.tools import flatbuffer_utils as fb
+
         self.model, self.graph = model, model.subgraphs[0]
         ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         self.types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -145,8 +144,11 @@ class _Graph:
             ops.get(fb.get_builtin_code_from_operator_code(c), "CUSTOM") for c in model.operatorCodes
         ]
 
+    def kind(self, op) -> str:
+        return self.names[op.opcodeIndex]
+
     def ops(self, name: str) -> list:
-        return [op for op in self.graph.operators if self.names[op.opcodeIndex] == name]
+        return [op for op in self.graph.operators if self.kind(op) == name]
 
     def dtype(self, index: int) -> str:
         return self.types[self.graph.tensors[index].type]

@@ -19,13 +19,17 @@ Definitions (over every op of every subgraph in the file):
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from qaie.errors import QaieError
 
 _FLOAT_TYPES = {"FLOAT16", "FLOAT32", "FLOAT64", "BFLOAT16"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,9 @@ class OpTable:
         }
 
 
-def inspect_tflite(path: Path) -> OpTable:
-    """Op table of every subgraph in `path`, plus each signature's inputs and outputs."""
+def read_tflite(path: str | os.PathLike, parse: Callable[[bytes], T], *, advice: str, corrupt: str = "") -> T:
+    """`parse(data)` of a .tflite's bytes, or a one-line QaieError: unreadable, not a TFLite
+    flatbuffer (`advice` says what to give), or damaged (`corrupt` says what to do)."""
     from ai_edge_litert import schema_py_generated as schema
 
     path = Path(path)
@@ -122,13 +127,25 @@ def inspect_tflite(path: Path) -> OpTable:
     except OSError as err:
         raise QaieError(f"{path}: cannot read ({err.strerror}); give an existing .tflite file") from err
     if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
-        raise QaieError(f"{path}: not a TFLite model (no TFL3 identifier); give a .tflite file")
+        raise QaieError(f"{path}: not a TFLite model (no TFL3 identifier); {advice}")
     try:
-        return _op_table(schema.Model.GetRootAs(data, 0))
+        return parse(data)
     except Exception as err:  # flatbuffers follows offsets unchecked: a damaged file fails anywhere
         raise QaieError(
-            f"{path}: truncated or corrupt TFLite model (its flatbuffer does not parse); export it again"
+            f"{path}: truncated or corrupt TFLite model (its flatbuffer does not parse){corrupt}"
         ) from err
+
+
+def inspect_tflite(path: Path) -> OpTable:
+    """Op table of every subgraph in `path`, plus each signature's inputs and outputs."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    return read_tflite(
+        path,
+        lambda data: _op_table(schema.Model.GetRootAs(data, 0)),
+        advice="give a .tflite file",
+        corrupt="; export it again",
+    )
 
 
 def _op_table(model) -> OpTable:  # model: schema.Model
@@ -141,9 +158,12 @@ def _op_table(model) -> OpTable:  # model: schema.Model
     def tensor_dtype(graph, index: int) -> str:
         return type_names[graph.Tensors(index).Type()]
 
-    def scale(graph, index: int) -> float | None:
+    def qparams(graph, index: int) -> tuple[float | None, int | None]:
+        """A per-tensor quantized tensor's (scale, zero point); (None, None) otherwise."""
         q = graph.Tensors(index).Quantization()
-        return float(q.Scale(0)) if q is not None and q.ScaleLength() == 1 else None
+        if q is None or q.ScaleLength() != 1:
+            return None, None
+        return float(q.Scale(0)), int(q.ZeroPoint(0))
 
     counts: Counter[tuple[str, tuple[str, ...], tuple[str, ...]]] = Counter()
     requantizations = []
@@ -161,7 +181,7 @@ def _op_table(model) -> OpTable:  # model: schema.Model
             counts[(name, ins, outs)] += 1
             source, target = int(op.Inputs(0)), int(op.Outputs(0))
             if name == "QUANTIZE" and not OpRow(name, ins, outs, 1).is_float:
-                in_scale, out_scale = scale(graph, source), scale(graph, target)
+                (in_scale, _), (out_scale, _) = qparams(graph, source), qparams(graph, target)
                 if in_scale and out_scale:
                     requantizations.append(
                         Requantization(producers.get(source, "input"), in_scale, out_scale)
@@ -169,16 +189,16 @@ def _op_table(model) -> OpTable:  # model: schema.Model
             producers.update((int(t), name) for t in op.OutputsAsNumpy())
 
     def tensor_info(sig_name: str, graph, tensor_map) -> TensorInfo:
-        t = graph.Tensors(tensor_map.TensorIndex())
-        q = t.Quantization()
-        has_q = q is not None and q.ScaleLength() == 1
+        index = tensor_map.TensorIndex()
+        t = graph.Tensors(index)
+        scale, zero_point = qparams(graph, index)
         return TensorInfo(
             signature=sig_name,
             name=tensor_map.Name().decode(),
             shape=tuple(int(d) for d in t.ShapeAsNumpy()),
             dtype=type_names[t.Type()],
-            scale=float(q.Scale(0)) if has_q else None,
-            zero_point=int(q.ZeroPoint(0)) if has_q else None,
+            scale=scale,
+            zero_point=zero_point,
         )
 
     signatures, inputs, outputs = [], [], []
