@@ -7,6 +7,7 @@ Apart from the quantizer (`quantize`) because it reads data and checkpoints, whi
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -14,6 +15,7 @@ from torch.fx import GraphModule
 
 from qaie.data.datasets import make_dataset
 from qaie.errors import QaieError
+from qaie.nn.model import EnhanceNet
 from qaie.quant.checkpoint import EXAMPLE_SIZE, load_model, save_model
 from qaie.quant.quantize import calibrate, prepare_ptq
 
@@ -39,6 +41,18 @@ def calibration_batches(
     batch_size = max(1, min(16, BATCH_PIXELS // (h * w)))
     crops = [dataset[i][0] for i in range(images)]  # (3, H, W) inputs
     return [torch.stack(crops[i : i + batch_size]) for i in range(0, images, batch_size)]
+
+
+def quantized_graph(source: EnhanceNet | GraphModule, calibration: Iterable[Tensor] | None) -> GraphModule:
+    """The prepared QAT/PTQ graph an INT8 export converts: `source` itself, or an FP32 network
+    calibrated on `calibration` (PTQ)."""
+    if not isinstance(source, EnhanceNet):
+        return source
+    if calibration is None:
+        raise QaieError("INT8 export of an FP32 model needs calibration images (PTQ); pass --calibrate SPEC")
+    prepared = prepare_ptq(source, torch.rand(1, 3, *EXAMPLE_SIZE))  # dynamic H, W
+    calibrate(prepared, calibration)
+    return prepared
 
 
 def calibrate_checkpoint(

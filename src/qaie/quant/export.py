@@ -44,7 +44,7 @@ from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.jsonio import dumps
 from qaie.nn.model import EnhanceNet
-from qaie.quant import quantize, split
+from qaie.quant import calibrate, quantize, split
 from qaie.quant.tflite_ops import OpTable, inspect_tflite
 from qaie.runtime.litert import sidecar_path
 from qaie.runtime.wholephoto import is_window
@@ -276,15 +276,7 @@ def _whole_sample(size: Size) -> dict[str, Tensor]:
 def _int8_graphs(
     source: EnhanceNet | GraphModule, sizes: list[Size], calibration: Iterable[Tensor] | None, stages: bool
 ) -> tuple[dict[str, tuple[nn.Module, dict]], str, ModelConfig, dict | None]:
-    if isinstance(source, EnhanceNet):
-        if calibration is None:
-            raise QaieError(
-                "INT8 export of an FP32 model needs calibration images (PTQ); pass --calibrate SPEC"
-            )
-        prepared = quantize.prepare_ptq(source, torch.rand(1, 3, *sizes[0]))
-        quantize.calibrate(prepared, calibration)
-    else:
-        prepared = source
+    prepared = calibrate.quantized_graph(source, calibration)
     config, mode = quantize.graph_info(prepared)
     graphs, meta = {}, None
     for size in sizes:  # converted graphs have fixed shapes: one per size, same quant params

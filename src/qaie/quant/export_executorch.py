@@ -105,7 +105,7 @@ def export_pte(
     from torchao.quantization.pt2e.constant_fold import constant_fold
     from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
 
-    from qaie.quant.export_onnx import quantized_graph
+    from qaie.quant.calibrate import quantized_graph
 
     to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
     out = Path(out)

@@ -44,7 +44,7 @@ from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
 from qaie.nn.model import EnhanceNet
-from qaie.quant import quantize
+from qaie.quant import calibrate, quantize
 from qaie.runtime.litert import sidecar_path
 from qaie.runtime.onnxrt import INPUT_NAME, INSTALL_HINT, IO_META, OUTPUT_NAME, onnx_op_table
 from qaie.versions import package_versions
@@ -107,7 +107,7 @@ def export_onnx(
         quant, config = None, source.config
         io = {"dtype": "float32", "scale": None, "zero_point": None}
     elif fmt == "int8":
-        prepared = quantized_graph(source, calibration)
+        prepared = calibrate.quantized_graph(source, calibration)
         config, quant = quantize.graph_info(prepared)
         model = _to_onnx(quantize.convert(prepared))
         _int8_weights(model)
@@ -135,17 +135,6 @@ def export_onnx(
 
 def _props(model) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
-
-
-def quantized_graph(source: EnhanceNet | GraphModule, calibration: Iterable[Tensor] | None) -> GraphModule:
-    """The prepared QAT/PTQ graph to export: `source` itself, or an FP32 network calibrated (PTQ)."""
-    if not isinstance(source, EnhanceNet):
-        return source
-    if calibration is None:
-        raise QaieError("INT8 export of an FP32 model needs calibration images (PTQ); pass --calibrate SPEC")
-    prepared = quantize.prepare_ptq(source, torch.rand(1, 3, *_TRACE_SIZE))
-    quantize.calibrate(prepared, calibration)
-    return prepared
 
 
 def _to_onnx(module: torch.nn.Module):
