@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torchao.quantization.pt2e import observer
 
-from qaie.data.photos import turn_to
-from qaie.imageio import read_rgb
+from qaie.data.datasets import make_dataset
+from qaie.imageio import to_uint8
+from qaie.nn import metrics
 from qaie.quant import quantize
 from qaie.quant.calibrate import calibration_batches
 from qaie.quant.checkpoint import load_model
@@ -35,13 +36,11 @@ FRAME = (1920, 1080)
 INT8 = {"dtype": torch.int8, "quant_min": -128, "quant_max": 127, "qscheme": torch.per_tensor_affine}
 
 
-def centre_frame(path: Path) -> torch.Tensor:
-    """(1, 3, 1920, 1080) centre crop in [0, 1], the photo turned to portrait as `qaie evaluate` does."""
-    pixels = turn_to(read_rgb(path).pixels, FRAME)
-    (h, w), (ch, cw) = pixels.shape[:2], FRAME
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = np.ascontiguousarray(pixels[top : top + ch, left : left + cw])
-    return torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
+def centre_frames(folder: Path, limit: int | None = None) -> list[torch.Tensor]:
+    """(1, 3, 1920, 1080) centre crops in [0, 1] of the photos in `folder` (first `limit` by
+    name), each turned to portrait: what `qaie evaluate --crop 1920x1080` feeds the model."""
+    frames = make_dataset(f"photos:{folder}", "test", crop=FRAME, limit=limit)
+    return [frames[i][0][None] for i in range(len(frames))]
 
 
 def kind(node) -> str:
@@ -87,9 +86,8 @@ def main() -> None:
             choice = policy.get(kind(node), "movavg")
             if choice != "movavg":
                 setattr(graph, str(node.target), make(choice))
-    photos = sorted(args.calibrate.glob("*.jpg"))
     if args.crop == "whole":
-        batches = [centre_frame(p) for p in photos]
+        batches = centre_frames(args.calibrate)
     else:
         batches = calibration_batches(f"photos:{args.calibrate}", images=128, crop=parse_size(args.crop))
     quantize.calibrate(graph, batches)
@@ -98,10 +96,9 @@ def main() -> None:
     net = load_model(args.checkpoint).net.eval()
     scores = []
     with torch.no_grad():
-        for path in sorted(args.evaluate.glob("*.jpg"))[: args.limit]:
-            x = centre_frame(path)
-            mse = torch.mean((torch.round(net(x) * 255) - torch.round(converted(x) * 255)) ** 2).item()
-            scores.append(round(10 * np.log10(255**2 / mse), 2))
+        for x in centre_frames(args.evaluate, args.limit):
+            out, ref = (to_uint8(y(x)[0].permute(1, 2, 0)) for y in (converted, net))  # as qaie evaluate
+            scores.append(round(float(metrics.psnr(out, ref)[0]), 2))
     result = {"crop": args.crop, "policy": policy, "psnr_mean": round(float(np.mean(scores)), 2)}
     print(json.dumps({**result, "per_photo": scores}))
 
