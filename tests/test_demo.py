@@ -45,7 +45,8 @@ def test_results_json_has_every_key(demo: DemoResult) -> None:
             assert all(ms > 0 for ms in per_thread.values())
     for name in ("ptq_int8", "qat_int8"):
         assert results[name]["float_ops"] == 0, name
-        assert results[name]["parity_psnr"] >= 45, name
+        parity = results[name]  # identical outputs: infinite PSNR, null in JSON
+        assert parity["parity_max_abs_lsb"] == 0 or parity["parity_psnr"] >= 45, name
 
 
 def test_sensitivity_covers_the_layers_worst_first(demo: DemoResult) -> None:

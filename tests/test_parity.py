@@ -56,7 +56,7 @@ def parity(quant_models):
 @pytest.mark.parametrize("name", ["ptq", "qat"])
 def test_int8_artifact_matches_the_quantized_model(parity, name: str) -> None:
     report = parity[name]
-    assert report.reference.startswith("quantize.convert")
+    assert report.reference.startswith("reference_model")
     assert set(report.per_size) == {"64x64", "48x80"}
     for size, stats in report.per_size.items():
         assert stats.psnr >= INT8_PARITY_DB, (name, size, stats)

@@ -204,7 +204,7 @@ def test_qat_fine_tunes_an_fp32_checkpoint_into_a_reloadable_graph(
     val = make_dataset("builtin", "val", crop=32, seed=VAL_SEED)
     fake_quant = evaluate(torch.no_grad()(loaded.net), val, model="qat", data="builtin", split="val")
     assert fake_quant.psnr == pytest.approx(result.best_val_psnr, abs=5e-3)  # seen: 2.7e-3 dB, loaded machine
-    # evaluate runs the quantized reference model (qaie.quant.quantize.convert, what gets exported):
+    # evaluate runs the quantized reference model (qaie.quant.reference: what gets exported, computed exactly):
     # it is the model QAT trained.
     converted = evaluate(checkpoint_predictor(result.best), val, model="qat", data="builtin", split="val")
     assert converted.psnr == pytest.approx(fake_quant.psnr, abs=0.05)

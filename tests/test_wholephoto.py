@@ -14,10 +14,9 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from qaie.errors import QaieError
-from qaie.quant import quantize
 from qaie.quant.checkpoint import load_model
 from qaie.quant.predict import open_model
-from qaie.quant.split import TorchStageRunner
+from qaie.quant.reference import TorchStageRunner, reference_model
 from qaie.quant.tflite_ops import inspect_tflite
 from qaie.runtime.litert import TFLiteModel, enhance_image
 from qaie.runtime.wholephoto import ALIGN, HALO, Quant, enhance_whole, norm_statistics, plan_axis
@@ -91,7 +90,7 @@ def test_quantized_stages_are_the_reference_model_exactly(quant_models):
     """Stage by stage in 128x128 windows, with the statistics computed from the int8 maps'
     histograms: bit for bit the quantized reference model on the whole 264x336 photo."""
     photo = gradient_photo(264, 336)
-    whole = reference(quantize.convert(quant_models.qat), photo)
+    whole = reference(reference_model(quant_models.qat), photo)
     staged = enhance_whole(TorchStageRunner(quant_models.qat, [WINDOW]), photo)
     assert np.array_equal(staged, whole)
 
@@ -131,7 +130,7 @@ def test_int8_file_is_integer_only_and_whole_photo(quant_models, whole_photo_mod
     model = TFLiteModel(whole_photo_models["qat"], num_threads=2)
     assert model.stages is not None and model.stages.window_sizes == (WINDOW,)
     photo = gradient_photo(600, 808)
-    whole = reference(quantize.convert(quant_models.qat), photo)
+    whole = reference(reference_model(quant_models.qat), photo)
     calls = []
     out = enhance_image(model, photo, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1][0] == calls[-1][1] == 6 * len(plan_axis(600, 128)) * len(plan_axis(808, 128))
@@ -161,15 +160,46 @@ def test_off_grid_photo_is_run_on_the_grid(quant_models, whole_photo_models):
 
 
 def test_checkpoint_windows_match_tile_none(quant_models):
-    """`qaie enhance --model CKPT` (stages in windows) vs `--tile none` (one pass)."""
+    """`qaie enhance --model CKPT` (stages in windows) vs `--tile none` (one pass): the same
+    function, bit for bit (convolutions, tanh and statistics from the int8 codes, exactly)."""
     photo = gradient_photo(392, 520, seed=2)
     windowed = open_model(quant_models.ckpt["qat"], tile=WINDOW)
     whole = open_model(quant_models.ckpt["qat"], whole=True)
     assert whole.sizes is None and whole.stages is None
-    # the same function, but a statistic on a rounding tie may land one code apart (float64
-    # here, float32 in torch): measured 0.2% of pixels differ, by up to 7 LSB
-    windowed, whole = enhance_image(windowed, photo), enhance_image(whole, photo)
-    assert psnr(windowed, whole) >= 45 and (windowed != whole).any(axis=2).mean() < 0.01
+    assert np.array_equal(enhance_image(windowed, photo), enhance_image(whole, photo))
+
+
+# ATen's kernel set and oneDNN's ISA, as on CPUs without AVX-512 (a Zen 3) or without AVX2
+KERNELS = {"default": "SSE41", "avx2": "AVX2", "avx512": "AVX512_CORE"}
+_EXACT_RUN = """
+import hashlib, sys
+import numpy as np
+from qaie.quant.predict import open_model
+from qaie.runtime.litert import enhance_image
+photo = np.load(sys.argv[2])
+windowed = enhance_image(open_model(sys.argv[1], tile=(128, 128)), photo)
+whole = enhance_image(open_model(sys.argv[1], whole=True), photo)
+print(np.array_equal(windowed, whole), hashlib.sha256(whole.tobytes()).hexdigest())
+"""
+
+
+def test_the_same_output_with_every_cpu_kernel_set(quant_models, tmp_path):
+    """The exactness claims hold on any x86-64 CPU: under each kernel set this CPU can run
+    (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA), windows equal one pass, and every kernel set
+    computes the same bytes."""
+    import os
+
+    supported = list(KERNELS)[: list(KERNELS).index(torch.backends.cpu.get_cpu_capability().lower()) + 1]
+    np.save(tmp_path / "photo.npy", gradient_photo(264, 336, seed=3))
+    digests = {}
+    for aten, onednn in ((k, KERNELS[k]) for k in supported):
+        env = os.environ | {"ATEN_CPU_CAPABILITY": aten, "ONEDNN_MAX_CPU_ISA": onednn}
+        cmd = [sys.executable, "-c", _EXACT_RUN, str(quant_models.ckpt["qat"]), str(tmp_path / "photo.npy")]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        equal, digests[aten] = done.stdout.split()[-2:]
+        assert equal == "True", aten
+    assert len(set(digests.values())) == 1, digests
 
 
 def test_tile_none_is_for_checkpoints(whole_photo_models):
@@ -182,7 +212,7 @@ def test_real_iphone_photo(shared_data, quant_models, whole_photo_models):
     """A real 2048x1536 photo: the INT8 file (windows) and the checkpoint (windows) against
     the checkpoint on the whole photo."""
     photo = np.asarray(Image.open(shared_data / "dped-iphone-fullsize" / "12.jpg").convert("RGB"))
-    whole = reference(quantize.convert(quant_models.qat), photo)
+    whole = reference(reference_model(quant_models.qat), photo)
     deployed = enhance_image(TFLiteModel(whole_photo_models["qat"], num_threads=2), photo)
     assert psnr(deployed, whole) >= 40
     checkpoint = open_model(quant_models.ckpt["qat"], tile=(512, 512))

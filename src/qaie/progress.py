@@ -17,15 +17,19 @@ from tqdm import tqdm
 LOG_INTERVAL = 30.0  # seconds between progress lines off a terminal
 
 
+_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # cursor moves of nested bars
+
+
 class _Lines:
-    """A file for tqdm off a terminal: each frame it draws becomes one line (repeats dropped)."""
+    """A file for tqdm off a terminal: each frame it draws becomes one line (repeats dropped,
+    terminal escape codes removed)."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.last = ""
 
     def write(self, text: str) -> None:
-        for frame in re.split(r"[\r\n]", text):
+        for frame in re.split(r"[\r\n]", _ESCAPE.sub("", text)):
             frame = frame.strip()
             if frame and frame != self.last:
                 self.out.write(frame + "\n")

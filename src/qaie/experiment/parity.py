@@ -89,7 +89,7 @@ def run_parity(
     size; a file of any size takes each image whole); the checkpoint is QAT/PTQ for an INT8
     file, FP32 for an FP32 one.
 
-    PyTorch side: for QAT/PTQ checkpoints the quantized reference (`qaie.quant.quantize.convert`
+    PyTorch side: for QAT/PTQ checkpoints the quantized reference (`qaie.quant.reference.reference_model`
     of the prepared graph, which is also the frozen fake-quant model's function); for FP32
     the float network. Both sides get the same 8-bit input (the crop rounded to uint8).
     """
@@ -97,9 +97,9 @@ def run_parity(
 
     from qaie.data.datasets import make_dataset
     from qaie.progress import progress
-    from qaie.quant import quantize
     from qaie.quant.checkpoint import load_model
     from qaie.quant.deployed import open_deployed
+    from qaie.quant.reference import reference_model
 
     model = open_deployed(tflite)
     loaded = load_model(checkpoint)
@@ -108,8 +108,8 @@ def run_parity(
         raise QaieError(f"{checkpoint}: FP32 checkpoint but {tflite} is INT8; give the QAT/PTQ checkpoint")
     if loaded.quant is not None and not model.is_int8:
         raise QaieError(f"{checkpoint}: {loaded.quant} checkpoint but {tflite} is FP32; give the FP32 one")
-    net = quantize.convert(loaded.net) if loaded.quant else loaded.net.eval()
-    reference = f"quantize.convert ({loaded.quant} graph)" if loaded.quant else "FP32 EnhanceNet"
+    net = reference_model(loaded.net) if loaded.quant else loaded.net.eval()
+    reference = f"reference_model ({loaded.quant} graph)" if loaded.quant else "FP32 EnhanceNet"
 
     dataset = make_dataset(data, "val", crop=None, seed=seed, limit=limit)  # whole images
     images = [dataset[i][0].permute(1, 2, 0).numpy() for i in range(len(dataset))]  # (h, w, 3)

@@ -128,7 +128,7 @@ def _results_table(results: dict) -> tuple[str, str]:
                 _fmt(e.get("psnr"), 2),
                 _fmt(e.get("ssim"), 4),
                 _fmt(e.get("delta_psnr_vs_fp32"), 2),
-                _fmt(e.get("parity_psnr"), 1),
+                "identical" if e.get("parity_max_abs_lsb") == 0 else _fmt(e.get("parity_psnr"), 1),
                 str(e.get("float_ops", "–")),
                 f"{e['file_bytes'] / 1024:.0f} KiB" if "file_bytes" in e else "–",
                 _latency_cell(e),

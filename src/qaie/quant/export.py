@@ -43,6 +43,7 @@ from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.jsonio import dumps
+from qaie.nativelog import quiet_native_stderr
 from qaie.nn.model import EnhanceNet
 from qaie.quant import calibrate, quantize, split
 from qaie.quant.tflite_ops import OpTable, inspect_tflite
@@ -260,13 +261,18 @@ def _litert_progress(show: bool) -> Iterator[None]:
 
 
 def _convert(signatures: dict[str, tuple[nn.Module, dict[str, Tensor]]], int8: bool) -> bytes:
-    import litert_torch
+    """The signatures as one .tflite; the converter's native log lines only with --debug."""
+    with quiet_native_stderr():
+        import litert_torch
 
-    converter = litert_torch.Converter()
-    for name, (module, samples) in signatures.items():
-        converter.signature(name, module, sample_kwargs=samples)
-    with _litert_progress(sys.stderr.isatty()), _strict_static_qdq() if int8 else contextlib.nullcontext():
-        return converter.convert().model_content()
+        converter = litert_torch.Converter()
+        for name, (module, samples) in signatures.items():
+            converter.signature(name, quantize.for_inference(module), sample_kwargs=samples)
+        with (
+            _litert_progress(sys.stderr.isatty()),
+            _strict_static_qdq() if int8 else contextlib.nullcontext(),
+        ):
+            return converter.convert().model_content()
 
 
 def _whole_sample(size: Size) -> dict[str, Tensor]:

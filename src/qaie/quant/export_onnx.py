@@ -43,6 +43,7 @@ from torch.fx import GraphModule
 from qaie.atomic import atomic_path, check_writable, write_text_atomic
 from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
+from qaie.nativelog import quiet_loggers
 from qaie.nn.model import EnhanceNet
 from qaie.quant import calibrate, quantize
 from qaie.runtime.litert import sidecar_path
@@ -141,9 +142,9 @@ def _to_onnx(module: torch.nn.Module):
     """torch.onnx (dynamo) export with batch 1 and dynamic H, W: an onnx.ModelProto."""
     height = Dim("height", min=quantize.MIN_TRACED_SIDE, max=_MAX_SIDE)
     width = Dim("width", min=quantize.MIN_TRACED_SIDE, max=_MAX_SIDE)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_loggers("torch.onnx"):
         program = torch.onnx.export(
-            module,
+            quantize.for_inference(module),
             (torch.rand(1, 3, *_TRACE_SIZE),),
             dynamo=True,
             dynamic_shapes=({2: height, 3: width},),

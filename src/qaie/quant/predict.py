@@ -74,7 +74,7 @@ class CheckpointModel:
 
     def __init__(self, path: Path, window: Size | None) -> None:
         from qaie.quant.checkpoint import load_model
-        from qaie.quant.split import TorchStageRunner
+        from qaie.quant.reference import TorchStageRunner
 
         if window is not None:
             check_window(window)
@@ -103,9 +103,9 @@ def loaded_predictor(loaded: LoadedModel) -> Predictor:
 
     net = loaded.net
     if loaded.quant is not None:
-        from qaie.quant.quantize import convert
+        from qaie.quant.reference import reference_model
 
-        net = convert(net)
+        net = reference_model(net)
 
     @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:

@@ -417,6 +417,15 @@ def convert(prepared: GraphModule) -> GraphModule:
     return converted
 
 
+def for_inference(module: torch.nn.Module) -> torch.nn.Module:
+    """`module.eval()` for modules holding exported graphs, whose eval() torchao forbids. The
+    network has no train-only op (no dropout, no batch norm), so only the flag changes, which
+    converters read (and warn about when it says training)."""
+    for m in module.modules():
+        m.training = False
+    return module
+
+
 def _round_bias(converted: GraphModule, conv: Node) -> None:
     dq_x, dq_w, bias = conv.args[:3]
     assert dq_x.target == _qd.dequantize_per_tensor.default, dq_x.target

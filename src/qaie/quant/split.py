@@ -22,9 +22,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.fx import Graph, GraphModule, Node
 
 aten = torch.ops.aten
@@ -50,7 +49,7 @@ class Stages:
     meta: dict = field(default_factory=dict)
 
 
-def _is(node: object, target) -> bool:
+def is_op(node: object, target) -> bool:
     if not (isinstance(node, Node) and node.op == "call_function"):
         return False
     return str(node.target) == target if isinstance(target, str) else node.target == target
@@ -64,20 +63,20 @@ def _op(name: str):
 
 def _producer(node: Node) -> Node:
     """The compute op behind `node`, through dequantize/quantize pairs."""
-    while _is(node, _DEQUANTIZE) or _is(node, _QUANTIZE):
+    while is_op(node, _DEQUANTIZE) or is_op(node, _QUANTIZE):
         node = node.args[0]
     return node
 
 
-def _value(node: Node) -> Node:
+def value_of(node: Node) -> Node:
     """What the rest of the graph reads of a compute op: its quantize node, if it has one."""
     users = list(node.users)
-    return users[0] if len(users) == 1 and _is(users[0], _QUANTIZE) else node
+    return users[0] if len(users) == 1 and is_op(users[0], _QUANTIZE) else node
 
 
 def _qparams(node: Node) -> list[float] | None:
     """[scale, zero point] of a compute op's output, None when it is not quantized."""
-    value = _value(node)
+    value = value_of(node)
     return [float(value.args[1]), int(value.args[2])] if value is not node else None
 
 
@@ -102,11 +101,11 @@ class _Norm:
         return {**params, "eps": self.eps_q}
 
 
-def _find_norms(graph: Graph, owner: nn.Module) -> list[_Norm]:
+def find_norms(graph: Graph, owner: nn.Module) -> list[_Norm]:
     """Each InstanceNorm, from its rsqrt back: rsqrt(mean((x - mean(x))^2) + eps)."""
     norms = []
     for rsqrt in graph.nodes:
-        if not _is(rsqrt, aten.rsqrt.default):
+        if not is_op(rsqrt, aten.rsqrt.default):
             continue
         var_eps = _producer(rsqrt.args[0])
         var = _producer(var_eps.args[0])
@@ -114,18 +113,30 @@ def _find_norms(graph: Graph, owner: nn.Module) -> list[_Norm]:
         centered = _producer(square.args[0])
         mean = _producer(centered.args[1])
         x = _producer(centered.args[0])
-        assert _is(var_eps, aten.add.Tensor) and _is(var, aten.mean.dim), var_eps
-        assert _is(square, aten.mul.Tensor) and _is(centered, aten.sub.Tensor), square
-        assert _is(mean, aten.mean.dim) and _producer(mean.args[0]) is x, mean
+        assert is_op(var_eps, aten.add.Tensor) and is_op(var, aten.mean.dim), var_eps
+        assert is_op(square, aten.mul.Tensor) and is_op(centered, aten.sub.Tensor), square
+        assert is_op(mean, aten.mean.dim) and _producer(mean.args[0]) is x, mean
         eps_arg = var_eps.args[1]
         eps_q = None
-        if _is(eps_arg, _DEQUANTIZE):  # a quantized constant: q(get_attr) -> dq
+        if is_op(eps_arg, _DEQUANTIZE):  # a quantized constant: q(get_attr) -> dq
             q = eps_arg.args[0]
             eps_q = [float(q.args[1]), int(q.args[2])]
             eps_arg = q.args[0]
         eps = float(getattr(owner, eps_arg.target)) if isinstance(eps_arg, Node) else float(eps_arg)
         norms.append(_Norm(x, mean, centered, square, var, var_eps, rsqrt, eps, eps_q))
     return norms
+
+
+def read_from(graph: Graph, statistic: Node, source: Node) -> None:
+    """What read the statistic `statistic` reads `source` instead: re-quantized at the same scale
+    in a quantized graph, so its readers see the same int8 values."""
+    value = value_of(statistic)
+    if value is statistic:
+        statistic.replace_all_uses_with(source)
+        return
+    with graph.inserting_after(value):
+        q = graph.call_function(_op(_QUANTIZE), (source, *value.args[1:]))
+    value.replace_all_uses_with(q)
 
 
 def split(module: GraphModule) -> Stages:
@@ -143,11 +154,10 @@ def split(module: GraphModule) -> Stages:
             graph.erase_node(node)
     (image,) = [n for n in graph.nodes if n.op == "placeholder"]
     (out_node,) = [n for n in graph.nodes if n.op == "output"]
-    norms = _find_norms(graph, gm)
+    norms = find_norms(graph, gm)
     chains = [n.chain() for n in norms]  # before the reductions are cut away
 
-    # The statistics become inputs: what read mean / rstd reads a placeholder (re-quantized at
-    # the same scale, so a quantized graph reads the same int8 values); the reductions die.
+    # The statistics become inputs: what read mean / rstd reads a placeholder; the reductions die.
     stat_inputs: dict[Node, int] = {}
     last = next(iter(graph.nodes))
     for k, norm in enumerate(norms, 1):
@@ -157,13 +167,7 @@ def split(module: GraphModule) -> Stages:
             last = placeholder
             placeholder.meta["val"] = node.meta["val"]
             stat_inputs[placeholder] = k
-            value = _value(node)
-            if value is node:
-                node.replace_all_uses_with(placeholder)
-            else:
-                with graph.inserting_after(value):
-                    q = graph.call_function(_op(_QUANTIZE), (placeholder, *value.args[1:]))
-                value.replace_all_uses_with(q)
+            read_from(graph, node, placeholder)
     graph.eliminate_dead_code()
 
     # Each op's stage: the highest norm whose statistics it depends on.
@@ -185,7 +189,7 @@ def split(module: GraphModule) -> Stages:
     height = image.meta["val"].shape[-2]
 
     def crossing(node: Node) -> Node:
-        return node.args[0] if _is(node, _DEQUANTIZE) else node
+        return node.args[0] if is_op(node, _DEQUANTIZE) else node
 
     for node in graph.nodes:
         if node.op == "output":
@@ -202,9 +206,9 @@ def split(module: GraphModule) -> Stages:
                     "stage": stage_of[src],
                     "scale": height // shape[-2],
                     "channels": int(shape[1]),
-                    "q": [float(src.args[1]), int(src.args[2])] if _is(src, _QUANTIZE) else None,
+                    "q": [float(src.args[1]), int(src.args[2])] if is_op(src, _QUANTIZE) else None,
                 }
-    norm_inputs = [crossing_names[_value(n.input)] for n in norms]
+    norm_inputs = [crossing_names[value_of(n.input)] for n in norms]
 
     graphs, stage_meta = [], []
     result = out_node.args[0]
@@ -232,9 +236,9 @@ def split(module: GraphModule) -> Stages:
                     env[src] = new.placeholder(name)
                     inputs.append(name)
                 value = env[src]
-                if _is(src, _QUANTIZE):  # re-read the int8 map at its scale
+                if is_op(src, _QUANTIZE):  # re-read the int8 map at its scale
                     value = new.call_function(_op(_QUANTIZE), (value, *src.args[1:]))
-                if _is(arg, _DEQUANTIZE):
+                if is_op(arg, _DEQUANTIZE):
                     value = new.call_function(_op(_DEQUANTIZE), (value, *arg.args[1:]))
                 env[arg] = value
                 return value
@@ -251,7 +255,7 @@ def split(module: GraphModule) -> Stages:
         for name, src in outputs.items():  # a map leaves quantized: dequantize the int8 map
             node = env[src]
             out_values[name] = (
-                new.call_function(_op(_DEQUANTIZE), (node, *src.args[1:])) if _is(src, _QUANTIZE) else node
+                new.call_function(_op(_DEQUANTIZE), (node, *src.args[1:])) if is_op(src, _QUANTIZE) else node
             )
         if s == n_stages - 1:
             out_values[OUTPUT] = read(result)
@@ -279,36 +283,3 @@ def static_graph(net: nn.Module, size: tuple[int, int]) -> GraphModule:
 
         return quantize.convert(quantize.reprepare(net, example, dynamic=False))
     return torch.export.export(copy.deepcopy(net).eval(), (example,), strict=False).module()
-
-
-class TorchStageRunner:
-    """A network's stages in PyTorch, one split per window size (a `wholephoto.StageRunner`).
-
-    Maps and statistics pass as float32 real values; a quantized graph re-quantizes them at
-    its own scales, so this runs the quantized reference model stage by stage.
-    """
-
-    def __init__(self, net: nn.Module, window_sizes: list[tuple[int, int]]) -> None:
-        self.window_sizes = tuple(window_sizes)
-        self._stages = {size: split(static_graph(net, size)) for size in self.window_sizes}
-        self.meta = next(iter(self._stages.values())).meta
-
-    def quant(self, name: str):
-        from qaie.runtime.wholephoto import Quant
-
-        return Quant(np.dtype(np.float32))
-
-    def run(self, stage: int, size: tuple[int, int], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        graph = self._stages[size].graphs[stage]
-        tensors = {
-            k: torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2) for k, v in inputs.items()
-        }
-        outputs = run_stage(graph, tensors)
-        return {k: v.permute(0, 2, 3, 1).contiguous().numpy() for k, v in outputs.items()}
-
-
-def run_stage(graph: GraphModule, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    """One stage on NCHW tensors, by name."""
-    names = [n.target for n in graph.graph.nodes if n.op == "placeholder"]
-    with torch.no_grad():
-        return graph(*(inputs[name] for name in names))

@@ -8,13 +8,12 @@ into overlapping tiles whose outputs are blended with raised-cosine weights.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,6 +22,7 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.imageio import MIN_IMAGE_SIDE, Size
+from qaie.nativelog import quiet_native_stderr
 from qaie.runtime.wholephoto import Quant, StageRunner, enhance_whole
 
 # The network's coarsest scale is S/8: tiles start on this grid so each tile's pixels are
@@ -82,31 +82,17 @@ def format_size(size: Size) -> str:
 
 
 # LiteRT's C++ logger writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to file
-# descriptor 2 at the first call of the process (no setting turns it off); outside --debug
-# (QAIE_DEBUG=1) that first call runs with fd 2 on /dev/null, so logs stay readable.
+# descriptor 2 at the first call of the process: that call runs under quiet_native_stderr.
 _native_log_pending = True
-
-
-@contextlib.contextmanager
-def _first_call_quiet() -> Iterator[None]:
-    global _native_log_pending
-    if not _native_log_pending or os.environ.get("QAIE_DEBUG"):
-        yield
-        return
-    _native_log_pending = False
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _call(runner: Callable[..., dict[str, np.ndarray]], **inputs: np.ndarray) -> dict[str, np.ndarray]:
     """Run a signature runner (the first call of the process without LiteRT's log line)."""
-    with _first_call_quiet():
+    global _native_log_pending
+    if not _native_log_pending:
+        return runner(**inputs)
+    _native_log_pending = False
+    with quiet_native_stderr():
         return runner(**inputs)
 
 

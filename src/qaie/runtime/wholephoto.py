@@ -82,13 +82,25 @@ class StageRunner(Protocol):
 # --- statistics ------------------------------------------------------------------------------------
 
 
+def _codes(values: np.ndarray, q: list) -> np.ndarray:
+    """Real values -> their int8 codes on the grid [scale, zero_point], rounded as torch rounds."""
+    scale, zero_point = q
+    return np.clip(np.rint(values * (1.0 / scale)) + zero_point, -128, 127).astype(np.int64)
+
+
 def _fake_quant(values: np.ndarray, q: list | None) -> np.ndarray:
     """Round to an int8 grid [scale, zero_point] as torch's quantize/dequantize do."""
     if q is None:
         return values
+    return (_codes(values, q) - q[1]) * q[0]
+
+
+def _exact_mean(counts: np.ndarray, codes: np.ndarray, q: list) -> np.ndarray:
+    """Per-channel mean of a map given as (C, K) counts of K codes at [scale, zero_point]: the
+    sum of codes is an exact integer, so the result does not depend on any summation order."""
     scale, zero_point = q
-    codes = np.clip(np.rint(values * (1.0 / scale)) + zero_point, -128, 127)
-    return (codes - zero_point) * scale
+    total = (counts * (codes - zero_point)).sum(axis=-1)  # int64, exact
+    return total * scale / counts.sum(axis=-1)
 
 
 def _histogram(codes: np.ndarray) -> np.ndarray:
@@ -109,7 +121,9 @@ def norm_statistics(values: np.ndarray, quant: Quant, norm: dict) -> tuple[np.nd
 
     FP32 (no chain): float64 moments. Quantized: the reference model's steps, each rounded to
     its scale (mean, x - mean, its square, their mean, + eps, rsqrt), evaluated on the 256
-    possible codes weighted by their counts, which is exact and one pass over the map.
+    possible codes weighted by their counts: one pass over the map, and both means are sums of
+    integer codes, so every CPU computes the same codes (the quantized reference model computes
+    its statistics here too: `qaie.quant.split.exact_statistics`).
     """
     chain = norm["chain"]
     if chain is None:
@@ -122,17 +136,15 @@ def norm_statistics(values: np.ndarray, quant: Quant, norm: dict) -> tuple[np.nd
         var /= len(flat)
         return mean, 1.0 / np.sqrt(var + norm["eps"])
     if not quant.is_int:  # a float map of on-grid values (the PyTorch reference model)
-        in_scale, in_zero = chain["input"]
-        quant = Quant(np.dtype(np.int8), in_scale, in_zero)
+        quant = Quant(np.dtype(np.int8), *chain["input"])
         values = quant.encode(values)
     counts = _histogram(values)  # (C, 256)
     lowest = -128 if values.dtype.kind == "i" else 0
-    x = quant.decode(np.arange(lowest, lowest + 256))  # the real value of each code
-    n = counts.sum(axis=1)
-    mean = _fake_quant(counts @ x / n, chain["mean"])  # (C,)
-    centered = _fake_quant(x[None, :] - mean[:, None], chain["centered"])  # (C, 256)
-    square = _fake_quant(centered * centered, chain["square"])
-    var = _fake_quant((counts * square).sum(axis=1) / n, chain["var"])
+    codes = np.arange(lowest, lowest + 256)
+    mean = _fake_quant(_exact_mean(counts, codes, [quant.scale, quant.zero_point]), chain["mean"])  # (C,)
+    centered = _fake_quant(quant.decode(codes)[None, :] - mean[:, None], chain["centered"])  # (C, 256)
+    square = _codes(centered * centered, chain["square"])
+    var = _fake_quant(_exact_mean(counts, square, chain["square"]), chain["var"])
     eps = _fake_quant(np.float64(norm["eps"]), chain["eps"])
     var_eps = _fake_quant(var + eps, chain["var_eps"])
     with np.errstate(divide="ignore"):
