@@ -251,7 +251,78 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qat", action="store_true", help="quantization-aware training (fake int8)")
     p.add_argument("--init", help="FP32 checkpoint to start from (QAT fine-tuning)")
     p.add_argument("--freeze-observers-after", type=int, metavar="STEPS", help="QAT: freeze observers")
+    p.add_argument(
+        "--teacher",
+        metavar="CKPT",
+        help="FP32 checkpoint whose outputs are the targets (default with --qat on photos: data: --init)",
+    )
+    p.add_argument(
+        "--calibrate-size",
+        metavar="HxW",
+        help="QAT: calibrate the observers on training photos of this size first, then freeze them",
+    )
     p.set_defaults(handler=_run_train)
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="an FP32 model and unlabelled photos -> an INT8 file: PTQ, label-free QAT, export, fidelity",
+    )
+    p.add_argument("checkpoint", metavar="FP32.ckpt", help="FP32 checkpoint (qaie's, or from qaie import)")
+    p.add_argument("--photos", required=True, metavar="DIR", help="photos, split by name into train/val/test")
+    p.add_argument("--size", required=True, metavar="HxW", help="the size the model runs at (export, frames)")
+    p.add_argument("--out", required=True, help="the INT8 file: .tflite, .onnx or .pte")
+    p.add_argument("--work", help="folder for the PTQ checkpoint and the QAT run (default OUT.work)")
+    p.add_argument("--qat-epochs", type=int, default=2, help="label-free QAT epochs; 0: PTQ only (default 2)")
+    p.add_argument("--crop", type=int, default=512, help="QAT training crop side (default 512)")
+    p.add_argument("--batch-size", type=int, default=2, help="QAT crops per step (default 2)")
+    p.add_argument("--repeats", type=int, default=4, help="QAT crops per photo per epoch (default 4)")
+    p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate (default 1e-5)")
+    p.add_argument("--test-limit", type=int, help="fidelity on the first N test photos only")
+    p.add_argument("--json", metavar="OUT", help="also write the numbers as JSON to OUT")
+    p.set_defaults(handler=_run_quantize)
+
+
+def _run_quantize(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable, write_text_atomic
+    from qaie.experiment.quantize_photos import QuantizeConfig, quantize_from_photos, summary
+    from qaie.runtime.litert import parse_size
+
+    out = Path(args.out)
+    if args.json:
+        check_writable(Path(args.json), overwrite=True)
+    photos = Path(args.photos)
+    if not photos.is_dir():
+        raise QaieError(f"{photos}: not a folder of photos")
+    config = QuantizeConfig(
+        checkpoint=Path(args.checkpoint),
+        photos=photos,
+        size=parse_size(args.size, "--size"),
+        out=out,
+        work=Path(args.work) if args.work else out.with_name(out.name + ".work"),
+        qat_epochs=args.qat_epochs,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        lr=args.lr,
+        test_limit=args.test_limit,
+    )
+    result = quantize_from_photos(config)
+    f, p = result.fidelity, result.parity.overall
+    print(f"wrote {result.out} (INT8 of {result.checkpoint})")
+    print(
+        f"  fidelity to FP32 on {f.n_images} held-out photos at {args.size}: PSNR {f.psnr:.2f} dB  SSIM {f.ssim:.4f}"
+    )
+    if result.ptq_fidelity is not None:
+        print(f"  (PTQ alone: PSNR {result.ptq_fidelity.psnr:.2f} dB)")
+    identical = " (identical)" if p.max_abs_lsb == 0 else ""
+    print(f"  parity with its checkpoint: PSNR {p.psnr:.2f} dB, max {p.max_abs_lsb} LSB{identical}")
+    print("  minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in result.minutes.items()))
+    if args.json:
+        write_text_atomic(args.json, dumps(summary(result)))
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -278,6 +349,8 @@ def _run_train(args: argparse.Namespace) -> int:
         qat=args.qat,
         init=args.init,
         freeze_observers_after=args.freeze_observers_after,
+        teacher=args.teacher,
+        calibrate_size=args.calibrate_size,
     )
     result = train(model_config_from_args(args), config, args.out, resume=args.resume)
     if result.rank != 0:
@@ -799,6 +872,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_evaluate,
     _add_camera_stats,
     _add_calibrate,
+    _add_quantize,
     _add_export,
     _add_import,
     _add_inspect,

@@ -142,6 +142,7 @@ def make_dataset(
     repeats: int = 1,
     limit: int | None = None,
     camera: CameraModel | None = None,
+    held_out: bool = False,
 ) -> PairDataset | PhotoDataset:
     """The `split` of the data `spec` names, checked and ready to serve.
 
@@ -152,6 +153,9 @@ def make_dataset(
         repeats: crops drawn per image per epoch (small datasets).
         limit: keep the first `limit` names (sorted), for quick runs.
         camera: the synthetic camera's ranges (builtin and synthetic sources).
+        held_out: photos: data split into train/val/test by a hash of the file stem, as flat
+            pair folders are (training on photos: label-free QAT). Otherwise every split of
+            photos: data is the whole folder (calibration, fidelity on a folder kept apart).
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if split not in SPLITS:
@@ -165,7 +169,7 @@ def make_dataset(
         if value is not None and value < least:
             raise QaieError(f"{name} must be at least {least}, got {value}")
     if spec.kind == "photos":
-        return _photo_dataset(spec, split, crop_hw, seed, repeats, limit)
+        return _photo_dataset(spec, split, crop_hw, seed, repeats, limit, held_out)
     if crop_hw is not None and crop_hw[0] != crop_hw[1]:
         raise QaieError(f"crop {crop_hw[0]}x{crop_hw[1]}: rectangular crops are for photos: data only")
     crop = crop_hw[0] if crop_hw else None
@@ -275,10 +279,20 @@ class PairDataset(PhotoItems):
 
 
 def _photo_dataset(
-    spec: DataSpec, split: Split, crop: tuple[int, int] | None, seed: int, repeats: int, limit: int | None
+    spec: DataSpec,
+    split: Split,
+    crop: tuple[int, int] | None,
+    seed: int,
+    repeats: int,
+    limit: int | None,
+    held_out: bool,
 ) -> PhotoDataset:
-    """Every split is the whole folder (qaie.data.photos): there is no training on photos."""
-    paths = list(_by_stem(spec.path).values())[:limit]
+    """The whole folder for every split (qaie.data.photos), or with `held_out` the split's share."""
+    by_stem = _by_stem(spec.path)
+    if held_out and by_stem:
+        splits = _hash_split(spec.path, list(by_stem), VAL_PERCENT, TEST_PERCENT)
+        by_stem = {stem: path for stem, path in by_stem.items() if splits[stem] == split}
+    paths = list(by_stem.values())[:limit]
     if not paths:
         raise QaieError(f"{spec.path}: no images (photos:FOLDER takes a folder of photos)")
     decoded = 0

@@ -51,6 +51,7 @@ from qaie.nn.losses import LOSSES, MSSSIM_MIN_SIZE, make_loss
 from qaie.nn.metrics import psnr, ssim
 from qaie.nn.model import EnhanceNet
 from qaie.quant import checkpoint
+from qaie.runtime.litert import parse_size
 
 FP32_LR = 1e-4
 QAT_LR = 1e-5  # the paper's QAT fine-tuning rate
@@ -84,6 +85,11 @@ class TrainConfig:
         qat: train the fake-quantized graph (quantization-aware training).
         init: FP32 checkpoint to start from (QAT fine-tuning); None: fresh weights.
         freeze_observers_after: QAT: freeze the quantization observers after this many steps.
+        teacher: FP32 checkpoint whose output on each crop is the target (distillation). For
+            photos: data (no labels) under --qat it defaults to --init: label-free QAT, the
+            fake-quant model learns to reproduce its own FP32 network.
+        calibrate_size: QAT: "HxW"; before the first step the observers are calibrated on
+            training photos of this size (the size the model will run at) and stay frozen.
     """
 
     data: str
@@ -107,6 +113,8 @@ class TrainConfig:
     qat: bool = False
     init: str | None = None
     freeze_observers_after: int | None = None
+    teacher: str | None = None
+    calibrate_size: str | None = None
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "crop": self.crop}
@@ -143,6 +151,28 @@ class TrainConfig:
             raise QaieError("--qat trains in float32 (fake quantization); drop --precision bf16-mixed")
         if self.freeze_observers_after is not None and not self.qat:
             raise QaieError("--freeze-observers-after applies to --qat only")
+        if self.calibrate_size is not None:
+            if not self.qat:
+                raise QaieError("--calibrate-size applies to --qat only")
+            parse_size(self.calibrate_size, "--calibrate-size")
+            if self.freeze_observers_after is None:  # calibrated at the deployment size: keep them
+                object.__setattr__(self, "freeze_observers_after", 0)
+        if self.labels_free:
+            if not self.qat:
+                raise QaieError(
+                    f"{self.data}: photos have no targets, so training on them would teach the "
+                    "network its own input; use --qat --init FP32.ckpt (label-free QAT: the targets "
+                    "are that network's outputs) or labelled data"
+                )
+            if self.init is None and self.teacher is None:
+                raise QaieError(f"{self.data}: label-free QAT needs the FP32 model: pass --init FP32.ckpt")
+            if self.teacher is None:
+                object.__setattr__(self, "teacher", self.init)
+
+    @property
+    def labels_free(self) -> bool:
+        """photos: data, whose batches hold the input where a target would be."""
+        return self.data.partition(":")[0] == "photos"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -209,12 +239,21 @@ class EnhanceModule(L.LightningModule):
         self.net = net
         self.model_config, self.config = model_config, config
         self.loss = make_loss(config.loss)
+        self.teacher = _teacher(config.teacher, model_config) if config.teacher else None
         self.train_loss = MeanMetric()  # epoch means, synchronised across DDP ranks
         self.val_psnr = MeanMetric()
         self.val_ssim = MeanMetric()
 
+    def targets(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, target): the data's target, or the teacher's output on the input."""
+        x, y = batch  # (B, 3, h, w) each, in [0, 1]
+        if self.teacher is not None:
+            with torch.no_grad():
+                y = self.teacher(x)
+        return x, y
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
-        x, y = batch  # (B, 3, crop, crop) each, in [0, 1]
+        x, y = self.targets(batch)
         loss = self.loss(self.net(x), y)
         self.train_loss.update(loss.detach(), weight=x.shape[0])
         return loss
@@ -227,7 +266,7 @@ class EnhanceModule(L.LightningModule):
             freeze_observers(self.net)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> None:
-        x, y = batch
+        x, y = self.targets(batch)  # with a teacher: fidelity to it on held-out images
         pred = self.net(x).float()
         self.val_psnr.update(psnr(pred, y))
         self.val_ssim.update(ssim(pred, y))
@@ -257,13 +296,26 @@ class EnhanceModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, ckpt: dict[str, Any]) -> None:
-        # The net's own state dict (no "net." prefix) plus the header: a qaie checkpoint.
-        ckpt["state_dict"] = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
+        # The net's own state dict (no "net." prefix, no teacher) plus the header: a qaie checkpoint.
+        state = ckpt["state_dict"]
+        ckpt["state_dict"] = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
         quant = "qat" if self.config.qat else None
         ckpt.update(checkpoint.header(self.model_config, quant, to_dict(self.config)))
 
     def on_load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         ckpt["state_dict"] = {f"net.{k}": v for k, v in ckpt["state_dict"].items()}
+        if self.teacher is not None:  # not saved: it is the --teacher file
+            ckpt["state_dict"] |= {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
+
+
+def _teacher(path: str, model_config: ModelConfig) -> nn.Module:
+    """The frozen FP32 network whose outputs are the targets (any width: a wider teacher is fine)."""
+    loaded = checkpoint.load_model(path)
+    if loaded.quant is not None:
+        raise QaieError(f"{path}: is a {loaded.quant} checkpoint; the teacher must be an FP32 one")
+    teacher = loaded.net.eval()
+    teacher.requires_grad_(False)
+    return teacher
 
 
 class EpochSampler(DistributedSampler):
@@ -350,8 +402,30 @@ def initial_net(model_config: ModelConfig, config: TrainConfig, resume: bool = F
 
         # Batch 2: torch.export specializes a dimension whose example is 1, even if marked dynamic.
         net = prepare_qat(net, torch.rand(2, 3, config.crop, config.crop))  # size-dynamic graph
+        if config.calibrate_size is not None and not resume:
+            _calibrate_at_size(net, config)
         allow_exported_model_train_eval(net)  # Lightning calls .train() / .eval()
     return net
+
+
+CALIBRATE_PHOTOS = 32  # training photos (at most) the observers see at --calibrate-size
+
+
+def _calibrate_at_size(net: nn.Module, config: TrainConfig) -> None:
+    """Observers set from training photos at the deployment size, then frozen: the fake-quant
+    model trains on the grids the deployed model will use (crops alone would set them from
+    crop-sized norm statistics)."""
+    from qaie.data.datasets import make_dataset
+    from qaie.quant.calibrate import calibration_batches
+    from qaie.quant.quantize import calibrate, freeze_observers
+
+    size = parse_size(config.calibrate_size, "--calibrate-size")
+    photos = len(make_dataset(config.data, "train", crop=None, held_out=True))
+    images = min(photos, CALIBRATE_PHOTOS)
+    calibrate(
+        net, calibration_batches(config.data, images=images, crop=size, seed=config.seed, held_out=True)
+    )
+    freeze_observers(net)
 
 
 def _check_resumable(path: Path, ckpt: dict[str, Any], model_config: ModelConfig, config: TrainConfig) -> int:
@@ -395,8 +469,13 @@ def train(
             f"{run_dir}: holds a run already (last.ckpt); pass --resume to continue it or choose another --out"
         )
 
-    train_set = make_dataset(config.data, "train", crop=config.crop, seed=config.seed, repeats=config.repeats)
-    val_set = make_dataset(config.data, "val", crop=config.val_crop, seed=VAL_SEED, limit=config.val_limit)
+    held_out = config.labels_free  # photos: data, split by name for training
+    train_set = make_dataset(
+        config.data, "train", crop=config.crop, seed=config.seed, repeats=config.repeats, held_out=held_out
+    )
+    val_set = make_dataset(
+        config.data, "val", crop=config.val_crop, seed=VAL_SEED, limit=config.val_limit, held_out=held_out
+    )
     L.seed_everything(config.seed, workers=True, verbose=False)
     net = initial_net(model_config, config, resume)
 

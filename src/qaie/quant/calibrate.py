@@ -23,7 +23,7 @@ BATCH_PIXELS = 16 * 128 * 128  # calibration batches hold at most 16 crops of 12
 
 
 def calibration_batches(
-    spec: str, images: int = 128, crop: int | tuple[int, int] = 100, seed: int = 0
+    spec: str, images: int = 128, crop: int | tuple[int, int] = 100, seed: int = 0, held_out: bool = False
 ) -> list[Tensor]:
     """PTQ calibration data: `images` training crops of the data `spec` (cycling through small
     datasets with fresh random crops), as (B, 3, H, W) batches in [0, 1].
@@ -31,12 +31,14 @@ def calibration_batches(
     `crop` is a side or (H, W) (photos: data, turned to the crop's orientation). The instance
     norms' statistics are those of whatever the network sees, so calibrating on crops of the
     size the model will run at (e.g. 1920x1080 for whole frames) gives it the ranges it meets
-    there. Batches shrink with the crop (down to 1) to bound memory."""
+    there. Batches shrink with the crop (down to 1) to bound memory. `held_out`: photos: data
+    split by name (`make_dataset`), calibrating on its train split only."""
     if images < 1:
         raise QaieError(f"--calibrate-images must be at least 1, got {images}")
-    dataset = make_dataset(spec, "train", crop=crop, seed=seed)
+    dataset = make_dataset(spec, "train", crop=crop, seed=seed, held_out=held_out)
     if len(dataset) < images:
-        dataset = make_dataset(spec, "train", crop=crop, seed=seed, repeats=-(-images // len(dataset)))
+        repeats = -(-images // len(dataset))
+        dataset = make_dataset(spec, "train", crop=crop, seed=seed, repeats=repeats, held_out=held_out)
     h, w = (crop, crop) if isinstance(crop, int) else crop
     batch_size = max(1, min(16, BATCH_PIXELS // (h * w)))
     crops = [dataset[i][0] for i in range(images)]  # (3, H, W) inputs
@@ -63,6 +65,7 @@ def calibrate_checkpoint(
     images: int = 128,
     crop: int | tuple[int, int] = 100,
     seed: int = 0,
+    held_out: bool = False,
 ) -> GraphModule:
     """PTQ as a checkpoint: the FP32 checkpoint `source` prepared, calibrated on `images`
     training crops of `data`, saved to `out` (reloads like a QAT checkpoint; `qaie export`
@@ -71,6 +74,6 @@ def calibrate_checkpoint(
     if loaded.quant is not None:
         raise QaieError(f"{source}: already quantized ({loaded.quant}); PTQ starts from an FP32 checkpoint")
     prepared = prepare_ptq(loaded.net, torch.rand(2, 3, *EXAMPLE_SIZE))  # dynamic H, W
-    calibrate(prepared, calibration_batches(data, images=images, crop=crop, seed=seed))
+    calibrate(prepared, calibration_batches(data, images=images, crop=crop, seed=seed, held_out=held_out))
     save_model(out, prepared, loaded.config, "ptq", train_config=loaded.train_config)
     return prepared

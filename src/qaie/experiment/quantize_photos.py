@@ -1,0 +1,204 @@
+"""`qaie quantize`: a trained FP32 model and a folder of photos -> an INT8 file at FP32 quality.
+
+For the common case of a user with a model (their own, or the paper's release through `qaie
+import`) and photos, but not the labelled pairs it was trained on:
+
+1. PTQ: the FP32 network calibrated on the training photos at the size it will run at;
+2. label-free QAT (`--qat-epochs N`, 0 skips it): the fake-quant network, its observers
+   calibrated at that size and frozen, trained to reproduce the FP32 network's own output on
+   crops of the training photos (`qaie train --qat --data photos:`, teacher = the FP32 model),
+   the checkpoint chosen by fidelity on the validation photos;
+3. export of the result to .tflite, .onnx or .pte;
+4. fidelity of the exported *file* to the FP32 network on the held-out test photos at that size,
+   for PTQ and QAT alike, and parity of the file with its checkpoint.
+
+The photos are split by a hash of their names (qaie.data.datasets, `held_out`): training,
+validation (checkpoint choice) and test (the reported fidelity) never share a photo.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qaie.data.datasets import VAL_SEED, make_dataset
+from qaie.errors import QaieError
+from qaie.experiment.evaluate import FidelityResult, checkpoint_predictor, evaluate_fidelity, tflite_predictor
+from qaie.experiment.parity import ParityReport, run_parity
+from qaie.experiment.train import QAT_LR, TrainConfig, train
+from qaie.imageio import Size
+from qaie.quant.calibrate import calibrate_checkpoint
+from qaie.quant.checkpoint import load_model
+from qaie.runtime.litert import format_size
+
+SUFFIXES = (".tflite", ".onnx", ".pte")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Everything `qaie quantize` does.
+
+    Args:
+        checkpoint: the FP32 checkpoint (qaie's, or `qaie import`'s of the official release).
+        photos: folder of unlabelled photos.
+        size: (H, W) the model runs at (the exported size; calibration and fidelity frames).
+        out: .tflite, .onnx or .pte to write.
+        work: folder for the PTQ checkpoint and the QAT run (resumable).
+        qat_epochs: label-free QAT epochs after PTQ; 0 exports the PTQ model.
+        crop: QAT training crop side.
+        batch_size, repeats, lr, loss: QAT training settings (`qaie train`'s).
+        test_limit: report fidelity on the first N test photos only.
+    """
+
+    checkpoint: Path
+    photos: Path
+    size: Size
+    out: Path
+    work: Path
+    qat_epochs: int = 2
+    crop: int = 512
+    batch_size: int = 2
+    repeats: int = 4
+    lr: float = QAT_LR
+    loss: str = "l1"
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.out.suffix not in SUFFIXES:
+            raise QaieError(f"{self.out}: the output must end in {', '.join(SUFFIXES)}")
+        if self.qat_epochs < 0:
+            raise QaieError(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
+
+    @property
+    def data(self) -> str:
+        return f"photos:{self.photos}"
+
+
+@dataclass
+class QuantizeResult:
+    """What `quantize_from_photos` made and measured (fidelity: the exported file vs FP32)."""
+
+    out: Path
+    checkpoint: Path  # the PTQ or QAT checkpoint exported
+    fidelity: FidelityResult
+    parity: ParityReport
+    ptq_fidelity: FidelityResult | None = None  # with QAT: the PTQ file's, for comparison
+    minutes: dict[str, float] = field(default_factory=dict)
+
+
+def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
+    """PTQ, label-free QAT, export and measurement (module docstring)."""
+    loaded = load_model(config.checkpoint)
+    if loaded.quant is not None:
+        raise QaieError(f"{config.checkpoint}: already quantized ({loaded.quant}); give the FP32 checkpoint")
+    _check_out(config.out)
+    for split in ("train", "val", "test"):  # fails early when the folder is too small to split
+        make_dataset(config.data, split, crop=config.size, held_out=True)
+    config.work.mkdir(parents=True, exist_ok=True)
+    minutes: dict[str, float] = {}
+
+    started = time.perf_counter()
+    ptq = config.work / "ptq.ckpt"
+    if not ptq.exists():
+        train_photos = len(make_dataset(config.data, "train", crop=None, held_out=True))
+        calibrate_checkpoint(
+            config.checkpoint, config.data, ptq, images=train_photos, crop=config.size, held_out=True
+        )
+    minutes["ptq"] = (time.perf_counter() - started) / 60
+
+    chosen, ptq_fidelity = ptq, None
+    if config.qat_epochs:
+        started = time.perf_counter()
+        qat = TrainConfig(
+            data=config.data,
+            epochs=config.qat_epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            warmup_epochs=0,
+            crop=config.crop,
+            repeats=config.repeats,
+            loss=config.loss,
+            val_crop=min(config.crop, *config.size),
+            qat=True,
+            init=str(config.checkpoint),
+            calibrate_size=format_size(config.size),
+        )
+        run = config.work / "qat"
+        result = train(loaded.config, qat, run, resume=(run / "last.ckpt").exists())
+        chosen = result.best
+        minutes["qat"] = (time.perf_counter() - started) / 60
+        ptq_file = config.work / f"ptq{config.out.suffix}"
+        export_file(ptq, ptq_file, config.size)
+        ptq_fidelity = file_fidelity(ptq_file, config)
+
+    started = time.perf_counter()
+    export_file(chosen, config.out, config.size)
+    minutes["export"] = (time.perf_counter() - started) / 60
+    started = time.perf_counter()
+    fidelity = file_fidelity(config.out, config)
+    parity = run_parity(chosen, config.out, config.data, limit=2)
+    minutes["measure"] = (time.perf_counter() - started) / 60
+    return QuantizeResult(config.out, chosen, fidelity, parity, ptq_fidelity, minutes)
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix == ".tflite":
+        from qaie.quant.export import check_output
+    elif out.suffix == ".onnx":
+        from qaie.quant.export_onnx import check_onnx_output as check_output
+    else:
+        from qaie.quant.export_executorch import check_pte_output as check_output
+    check_output(out, True)
+
+
+def export_file(checkpoint: Path, out: Path, size: Size) -> None:
+    """A QAT/PTQ checkpoint as an INT8 file of `out`'s format, at `size` (.tflite with its
+    whole-photo stages, .pte one method; .onnx takes any size)."""
+    net = load_model(checkpoint).net
+    source = str(checkpoint)
+    if out.suffix == ".tflite":
+        from qaie.quant.export import export_tflite
+
+        export_tflite(net, "int8", [size], out, source_checkpoint=source)
+    elif out.suffix == ".onnx":
+        from qaie.quant.export_onnx import export_onnx
+
+        export_onnx(net, "int8", out, source_checkpoint=source)
+    else:
+        from qaie.quant.export_executorch import export_pte
+
+        export_pte(net, "int8", [size], out, source_checkpoint=source)
+
+
+def file_fidelity(path: Path, config: QuantizeConfig) -> FidelityResult:
+    """PSNR/SSIM of the file's output against the FP32 network's on the test photos at the size."""
+    test = make_dataset(
+        config.data, "test", crop=config.size, seed=VAL_SEED, limit=config.test_limit, held_out=True
+    )
+    return evaluate_fidelity(
+        tflite_predictor(path),
+        checkpoint_predictor(config.checkpoint),
+        test,
+        model=str(path),
+        reference_name=str(config.checkpoint),
+        data=config.data,
+        split="test",
+    )
+
+
+def summary(result: QuantizeResult) -> dict:
+    """JSON-ready numbers of a run."""
+    data = {
+        "out": str(result.out),
+        "checkpoint": str(result.checkpoint),
+        "fidelity_psnr": result.fidelity.psnr,
+        "fidelity_ssim": result.fidelity.ssim,
+        "test_photos": result.fidelity.n_images,
+        "parity_psnr": result.parity.overall.psnr,
+        "parity_max_abs_lsb": result.parity.overall.max_abs_lsb,
+        "minutes": result.minutes,
+    }
+    if result.ptq_fidelity is not None:
+        data["ptq_fidelity_psnr"] = result.ptq_fidelity.psnr
+    return data

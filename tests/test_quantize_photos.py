@@ -1,0 +1,76 @@
+"""Label-free QAT and `qaie quantize`: a trained FP32 model and unlabelled photos -> an INT8
+file, with the FP32 model's own outputs as the targets (never the photos themselves)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from qaie.cli import main
+from qaie.config import ModelConfig
+from qaie.errors import QaieError
+from qaie.experiment.train import EnhanceModule, TrainConfig
+from qaie.quant.checkpoint import load_model
+from qaie.quant.tflite_ops import inspect_tflite
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "immunohistochemistry")
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seven real photos that scikit-image ships, as JPEG files (grey ones as RGB)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        pixels = getattr(skimage.data, name)()
+        if pixels.ndim == 2:
+            pixels = np.stack([pixels] * 3, axis=-1)
+        Image.fromarray(pixels[..., :3]).save(folder / f"{name}.jpg", quality=92)
+    return folder
+
+
+def test_photos_are_never_their_own_target(photo_folder: Path, capsys) -> None:
+    """photos: data returns the input where a target would be: FP32 training on it is refused,
+    QAT on it needs the FP32 model whose outputs become the targets."""
+    with pytest.raises(QaieError, match="its own input"):
+        TrainConfig(data=f"photos:{photo_folder}", epochs=1)
+    with pytest.raises(QaieError, match="--init"):
+        TrainConfig(data=f"photos:{photo_folder}", epochs=1, qat=True)
+    config = TrainConfig(data=f"photos:{photo_folder}", epochs=1, qat=True, init="fp32.ckpt")
+    assert config.teacher == "fp32.ckpt"  # label-free QAT: the teacher defaults to --init
+    assert main(["train", "--data", f"photos:{photo_folder}", "--out", "unused", "--epochs", "1"]) == 2
+    assert "its own input" in capsys.readouterr().err
+
+
+def test_label_free_targets_are_the_teachers_output(quant_models, photo_folder: Path) -> None:
+    fp32 = str(quant_models.ckpt["fp32"])
+    config = TrainConfig(data=f"photos:{photo_folder}", epochs=1, qat=True, init=fp32, crop=64)
+    module = EnhanceModule(torch.nn.Identity(), ModelConfig(width=4), config)
+    x = torch.rand(2, 3, 64, 64)
+    inputs, targets = module.targets((x, x))  # what a photos: batch holds
+    teacher = load_model(fp32).net.eval()
+    with torch.no_grad():
+        assert torch.equal(targets, teacher(x)) and not torch.equal(targets, x)
+    assert inputs is x
+
+
+def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, capsys) -> None:
+    """PTQ, one epoch of label-free QAT, export, and the file's fidelity to FP32 on held-out photos."""
+    out, report = tmp_path / "m.tflite", tmp_path / "m.json"
+    args = ["quantize", str(quant_models.ckpt["fp32"]), "--photos", str(photo_folder), "--size", "128x128"]
+    args += ["--out", str(out), "--qat-epochs", "1", "--crop", "64", "--repeats", "1", "--json", str(report)]
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "fidelity to FP32 on 1 held-out photos" in printed
+    result = json.loads(report.read_text())
+    assert result["checkpoint"].endswith("qat/best.ckpt") and result["test_photos"] == 1
+    assert result["fidelity_psnr"] > 20 and result["ptq_fidelity_psnr"] > 20  # a width-4 network
+    assert result["parity_max_abs_lsb"] == 0 or result["parity_psnr"] >= 45
+    assert inspect_tflite(out).float_ops == 0
+    saved = torch.load(result["checkpoint"], weights_only=False)["state_dict"]
+    assert not any(key.startswith("teacher") for key in saved)  # the teacher stays its own file
