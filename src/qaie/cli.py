@@ -474,6 +474,11 @@ def _export_runtime(args: argparse.Namespace) -> str:
         raise QaieError(f"{args.out}: an exported model's name must end in {', '.join(EXPORT_RUNTIMES)}")
     if args.runtime and args.runtime != runtime:
         raise QaieError(f"{args.out}: a {suffix} file is for {runtime}, not --runtime {args.runtime}")
+    for flag, given in (("--uint8-io", args.uint8_io), ("--no-stages", args.no_stages)):
+        if given and runtime != "litert":  # the ONNX and ExecuTorch exports have no such option
+            raise QaieError(
+                f"{args.out}: {flag} applies to .tflite exports only; drop it for a {suffix} file"
+            )
     if runtime == "onnx" and args.size:
         raise QaieError("--size: an .onnx file takes any size (dynamic H and W); drop --size")
     if runtime != "onnx" and not args.size:
