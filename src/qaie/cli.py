@@ -18,8 +18,6 @@ from qaie.data.spec import SPEC_SYNTAX
 from qaie.errors import QaieError, QaieWarning
 from qaie.jsonio import dumps
 
-Handler = Callable[[argparse.Namespace], int | None]
-
 
 def _print_json_or_lines(data: dict, as_json: bool) -> None:
     if as_json:

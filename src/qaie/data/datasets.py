@@ -37,7 +37,6 @@ from qaie.imageio import MIN_IMAGE_SIDE, image_size, list_images, read_header
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
-DEFAULT_CROP = 100  # the DPED patch size
 VAL_SEED = 0  # val/test degradations are fixed by this seed, so runs with any --seed compare
 
 # Flat folders without train/val/test subfolders are split by a hash of the file stem: files
