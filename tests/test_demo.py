@@ -8,10 +8,11 @@ import pytest
 from browser import load_page
 
 from qaie.cli import main
+from qaie.config import ModelConfig
 from qaie.errors import QaieError
 from qaie.experiment.demo import STAGES, DemoResult, _claim, demo_config, run_demo
 from qaie.experiment.report import SAMPLE_COLUMNS
-from qaie.experiment.results import INT8_KEYS, MODEL_KEYS, MODELS, TOP_KEYS
+from qaie.experiment.results import INT8_KEYS, MODEL_KEYS, MODELS, TOP_KEYS, build_results, entry_keys
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,27 @@ def test_results_json_has_every_key(demo: DemoResult) -> None:
         assert results[name]["float_ops"] == 0, name
         parity = results[name]  # identical outputs: infinite PSNR, null in JSON
         assert parity["parity_max_abs_lsb"] == 0 or parity["parity_psnr"] >= 45, name
+
+
+def test_build_results_checks_the_schema() -> None:
+    """Fast (no demo run): build_results builds exactly the schema's keys, and refuses stage JSON
+    with a key the schema lacks or without one it has."""
+    ev: dict = {"test_images": 2, "input_psnr": 20.0, "input_ssim": 0.5}
+    for name in MODELS:
+        ev[name] = {"psnr": 25.0, "ssim": 0.8}
+        if name != "fp32":
+            ev[name] |= {"float_ops": 0, "parity_psnr": None, "parity_max_abs_lsb": 0}
+    bench = {name: {"latency_ms": {"96x96": {"1": 3.0}}, "rows": []} for name in MODELS}
+    args = ("builtin", 0, ModelConfig(width=4), ev, bench, {"layers": []}, dict.fromkeys(MODELS, 10), {})
+    results = build_results(*args)
+    assert results.keys() == TOP_KEYS.keys() | set(MODELS)
+    assert [set(results[name]) for name in MODELS] == [entry_keys(name) for name in MODELS]
+    ev["qat_int8"]["extra"] = 1
+    del ev["fp32"]["ssim"]
+    with pytest.raises(
+        ValueError, match=r"\['fp32'\]: missing ssim; .*\['qat_int8'\]: not in the schema extra"
+    ):
+        build_results(*args)
 
 
 def test_sensitivity_covers_the_layers_worst_first(demo: DemoResult) -> None:

@@ -14,10 +14,9 @@ import sys
 import warnings
 from collections.abc import Callable
 
+from qaie.data.spec import SPEC_SYNTAX
 from qaie.errors import QaieError, QaieWarning
 from qaie.jsonio import dumps
-
-Handler = Callable[[argparse.Namespace], int | None]
 
 
 def _print_json_or_lines(data: dict, as_json: bool) -> None:
@@ -124,7 +123,10 @@ def _add_enhance(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("enhance", help="enhance photos of any size with an exported model")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     p.add_argument("-o", "--out", required=True, help="output file (one input file) or folder")
-    p.add_argument("--model", help="FILE.tflite, or a checkpoint (default: the model shipped in the package)")
+    p.add_argument(
+        "--model",
+        help="FILE.tflite, .onnx or .pte, or a checkpoint (.ckpt, .pt, .pth) (default: the model shipped in the package)",
+    )
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality 1..100 (default 95)")
     p.add_argument("--format", help="output format for a folder: jpg, png, ... (default: the input's)")
     p.add_argument("--threads", help="LiteRT interpreter threads (default: all cores)")
@@ -180,10 +182,14 @@ def _run_enhance(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="latency and peak memory of a .tflite in the LiteRT interpreter")
-    p.add_argument("model", metavar="FILE.tflite")
+    p = sub.add_parser(
+        "bench", help="latency and peak memory of a .tflite (LiteRT) or .onnx (ONNX Runtime); not .pte"
+    )
+    p.add_argument("model", metavar="FILE.tflite|FILE.onnx")
     p.add_argument(
-        "--size", help="frame sizes HxW[,HxW...]; larger than exported = tiled (default: exported)"
+        "--size",
+        help="frame sizes HxW[,HxW...]; larger than exported = tiled (default: exported; "
+        "required for .onnx, which takes any size)",
     )
     p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (default 1)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per configuration (default 10)")
@@ -193,7 +199,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compare",
         metavar="OTHER.tflite",
-        help="time FILE and OTHER alternately in one process and print FILE/OTHER (median ratio)",
+        help="time FILE and OTHER alternately in one process and print FILE/OTHER (median ratio); "
+        ".tflite files only",
     )
     p.set_defaults(handler=_run_bench)
 
@@ -226,7 +233,9 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network (FP32, or QAT with --qat) on Lightning")
-    p.add_argument("--data", required=True, help="data spec: builtin | synthetic:DIR | pairs:DIR | dped:DIR")
+    p.add_argument(
+        "--data", required=True, help=f"data spec: {SPEC_SYNTAX} (photos: has no targets to train on)"
+    )
     p.add_argument("--out", required=True, help="run folder: best.ckpt, last.ckpt, metrics.csv, config.json")
     p.add_argument("--epochs", type=int, default=50, help="total epochs (default 50, the paper's)")
     add_model_args(p)
@@ -379,16 +388,20 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="PSNR/SSIM of a model (.ckpt or .tflite) vs its input baseline")
-    p.add_argument("model", help="checkpoint (.ckpt) or exported model (.tflite)")
-    p.add_argument("--data", required=True, help="data spec: builtin | synthetic:DIR | pairs:DIR | dped:DIR")
+    p = sub.add_parser(
+        "evaluate", help="PSNR/SSIM of a model (checkpoint, .tflite, .onnx or .pte) vs its input baseline"
+    )
+    p.add_argument("model", help="checkpoint (.ckpt, .pt, .pth) or exported model (.tflite, .onnx, .pte)")
+    p.add_argument("--data", required=True, help=f"data spec: {SPEC_SYNTAX} (photos: needs --reference)")
     p.add_argument("--split", default="test", choices=("test", "val"), help="default test")
     p.add_argument(
         "--crop", metavar="N|HxW", help="centre crop (default: whole images; HxW for photos: data)"
     )
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument(
-        "--reference", metavar="REF", help="checkpoint or .tflite: PSNR/SSIM against its output, not targets"
+        "--reference",
+        metavar="REF",
+        help="checkpoint or .tflite, .onnx, .pte: PSNR/SSIM against its output, not targets",
     )
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON to OUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
@@ -447,7 +460,9 @@ def _run_fidelity(args: argparse.Namespace, predict, dataset) -> None:
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="PTQ: calibrate an FP32 checkpoint into an INT8 (PTQ) checkpoint")
     p.add_argument("checkpoint", metavar="CKPT", help="FP32 checkpoint")
-    p.add_argument("--data", required=True, help="data spec; crops of its training split are used")
+    p.add_argument(
+        "--data", required=True, help=f"data spec: {SPEC_SYNTAX}; crops of its training split are used"
+    )
     p.add_argument("--images", type=int, default=128, help="calibration crops (default 128)")
     p.add_argument(
         "--crop",
@@ -494,7 +509,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--runtime", choices=tuple(EXPORT_RUNTIMES.values()), help="must agree with --out's extension"
     )
-    p.add_argument("--calibrate", metavar="SPEC", help="INT8 from an FP32 checkpoint: PTQ on this data")
+    p.add_argument(
+        "--calibrate",
+        metavar="SPEC",
+        help=f"INT8 from an FP32 checkpoint: PTQ on this data spec: {SPEC_SYNTAX}",
+    )
     p.add_argument("--calibrate-images", type=int, default=128, help="PTQ training crops (default 128)")
     p.add_argument(
         "--calibrate-crop",
@@ -502,12 +521,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         metavar="N|HxW",
         help="PTQ crop size (default 100, as DPED; HxW for photos: data, e.g. the --size it will run at)",
     )
-    p.add_argument("--uint8-io", action="store_true", help="INT8: uint8 input/output instead of int8")
+    p.add_argument("--uint8-io", action="store_true", help="INT8 .tflite: uint8 input/output instead of int8")
     p.add_argument(
         "--no-stages",
         action="store_true",
-        help="only the whole-image signatures: larger photos are then tiled, each tile normalised "
-        "by its own statistics (default: also the stage signatures, for whole-photo output)",
+        help=".tflite: only the whole-image signatures: larger photos are then tiled, each tile "
+        "normalised by its own statistics (default: also the stage signatures, for whole-photo output)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)
@@ -526,6 +545,11 @@ def _export_runtime(args: argparse.Namespace) -> str:
         raise QaieError(f"{args.out}: an exported model's name must end in {', '.join(EXPORT_RUNTIMES)}")
     if args.runtime and args.runtime != runtime:
         raise QaieError(f"{args.out}: a {suffix} file is for {runtime}, not --runtime {args.runtime}")
+    for flag, given in (("--uint8-io", args.uint8_io), ("--no-stages", args.no_stages)):
+        if given and runtime != "litert":  # the ONNX and ExecuTorch exports have no such option
+            raise QaieError(
+                f"{args.out}: {flag} applies to .tflite exports only; drop it for a {suffix} file"
+            )
     if runtime == "onnx" and args.size:
         raise QaieError("--size: an .onnx file takes any size (dynamic H and W); drop --size")
     if runtime != "onnx" and not args.size:
@@ -698,10 +722,13 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 
 def _add_parity(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("parity", help="the PyTorch (quantized) model vs its .tflite on the same images")
-    p.add_argument("checkpoint", metavar="CKPT", help="the checkpoint the .tflite was exported from")
-    p.add_argument("model", metavar="FILE.tflite")
-    p.add_argument("--data", required=True, help="data spec; its validation split is used")
+    p = sub.add_parser(
+        "parity",
+        help="the PyTorch (quantized) model vs its exported .tflite, .onnx or .pte on the same images",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="the checkpoint the file was exported from")
+    p.add_argument("model", metavar="FILE.tflite|FILE.onnx|FILE.pte")
+    p.add_argument("--data", required=True, help=f"data spec: {SPEC_SYNTAX}; its validation split is used")
     p.add_argument("--limit", type=int, help="first N validation images only")
     p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (or stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
@@ -739,7 +766,11 @@ def _run_parity(args: argparse.Namespace) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="FP32 vs PTQ INT8 vs QAT INT8 end to end, measured on the .tflite files")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (re-running resumes)")
-    p.add_argument("--data", help="data spec (default builtin: runs anywhere, no downloads)")
+    p.add_argument(
+        "--data",
+        help=f"data spec: {SPEC_SYNTAX} (photos: has no targets to train on; "
+        "default builtin: runs anywhere, no downloads)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny network and schedule: a minute or two")
     p.add_argument("--overwrite", action="store_true", help="replace a DIR made with other settings")
     add_model_args(p)
@@ -842,8 +873,8 @@ def _run_models(args: argparse.Namespace) -> int:
 def _add_figure(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("figure", help="before/after figure of a model on the builtin photos (README)")
     p.add_argument("out", help="image file to write (.png or .jpg)")
-    p.add_argument("--model", help="FILE.tflite or checkpoint (default: the shipped model)")
-    p.add_argument("--data", default="builtin", help="data spec (default builtin)")
+    p.add_argument("--model", help="FILE.tflite, .onnx or .pte, or a checkpoint (default: the shipped model)")
+    p.add_argument("--data", default="builtin", help=f"data spec: {SPEC_SYNTAX} (default builtin)")
     p.add_argument("--split", default="test", choices=("val", "test"), help="default test")
     p.add_argument("--images", type=int, default=3, help="rows (default 3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")

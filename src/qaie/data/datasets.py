@@ -31,17 +31,12 @@ import torch
 from qaie.data.base import PhotoItems
 from qaie.data.degrade import CameraModel, Frame, degrade, psf_radius
 from qaie.data.photos import PhotoDataset
+from qaie.data.spec import KINDS, PHONES, SPEC_SYNTAX
 from qaie.errors import QaieError, QaieWarning
 from qaie.imageio import MIN_IMAGE_SIDE, image_size, list_images, read_header
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
-KINDS = ("builtin", "synthetic", "pairs", "dped", "photos")
-PHONES = ("iphone", "blackberry", "sony")
-SPEC_SYNTAX = (
-    "builtin | synthetic:FOLDER | pairs:FOLDER | dped:FOLDER[:iphone|blackberry|sony] | photos:FOLDER"
-)
-DEFAULT_CROP = 100  # the DPED patch size
 VAL_SEED = 0  # val/test degradations are fixed by this seed, so runs with any --seed compare
 
 # Flat folders without train/val/test subfolders are split by a hash of the file stem: files

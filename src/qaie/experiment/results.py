@@ -17,7 +17,8 @@ from qaie.errors import QaieError
 MODELS = ("fp32", "ptq_int8", "qat_int8")
 RESULTS_FILE = "results.json"
 
-# The schema: top-level keys, and the keys of each model's entry (results[name]).
+# The schema: top-level keys, and the keys of each model's entry (results[name]); build_results
+# checks what it builds against it (check_schema).
 TOP_KEYS = {
     "data": "the data spec the run trained and tested on",
     "seed": "training seed",
@@ -89,7 +90,30 @@ def build_results(
         "versions": {k: all_versions[k] for k in VERSION_KEYS},
         "demo_config": demo_config,
     }
+    check_schema(results)
     return results
+
+
+def entry_keys(name: str) -> set[str]:
+    """The schema's keys of results[name]: MODEL_KEYS, and INT8_KEYS for the INT8 models."""
+    return MODEL_KEYS.keys() | (set() if name == "fp32" else INT8_KEYS.keys())
+
+
+def check_schema(results: dict[str, Any]) -> None:
+    """Raise ValueError if the keys of `results` differ from the schema above: what a demo stage
+    writes and the schema have drifted apart (a bug in qaie, not a user error)."""
+    found = [("results", results.keys(), TOP_KEYS.keys() | set(MODELS))]
+    found += [(f"results[{name!r}]", results.get(name, {}).keys(), entry_keys(name)) for name in MODELS]
+    problems = [
+        f"{where}: {what} {', '.join(sorted(keys))}"
+        for where, have, want in found
+        for what, keys in (("missing", want - have), ("not in the schema", have - want))
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            "results.json does not match its schema (qaie.experiment.results): " + "; ".join(problems)
+        )
 
 
 def read_results(run_dir: Path) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Any model file as something that enhances photos: a deployed `.tflite` in LiteRT, or a
 training checkpoint in PyTorch (FP32, or QAT/PTQ as its quantized reference model).
 
-`open_model` is the one place a model path becomes a model; torch is imported only when the
-path is a checkpoint, so enhancing with a `.tflite` stays torch-free.
+`open_model` opens any model path for enhancing (`qaie enhance`, `qaie figure`, `qaie.load`);
+other commands dispatch by extension elsewhere (docs/architecture.md lists where). torch is
+imported only when the path is a checkpoint or a `.pte`, so enhancing with a `.tflite` stays
+torch-free.
 """
 
 from __future__ import annotations

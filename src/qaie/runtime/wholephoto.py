@@ -16,8 +16,8 @@ step quantized at its trained scale, from a per-channel histogram of the int8 ma
 the maps that cross stages (about 40 bytes per pixel for c=32 INT8) plus one window's
 activations, never every activation of the photo.
 
-Torch-free: runners for LiteRT files (qaie.runtime.litert) and for checkpoints (qaie.runtime.enhance) both
-implement `StageRunner`.
+Torch-free: the runners implement `StageRunner`, for LiteRT files in qaie.runtime.litert and for
+checkpoints in PyTorch as qaie.quant.reference.TorchStageRunner (used by qaie.quant.predict).
 """
 
 from __future__ import annotations
