@@ -121,3 +121,12 @@ def test_bench_whole_needs_stage_signatures(tiny_tflite, capsys):
 def test_bench_whole_refuses_an_exported_size(whole_photo_models, capsys):
     assert main(["bench", str(whole_photo_models["qat"]), "--whole", "128x128"]) == 2
     assert "an exported size, which runs in one pass" in capsys.readouterr().err
+
+
+def test_bench_whole_takes_no_size_or_compare(capsys):
+    """Checked before the file is opened."""
+    for extra in (["--size", "96x96"], ["--compare", "other.tflite"]):
+        assert main(["bench", "any.tflite", "--whole", "256x384", *extra]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "qaie bench: error: --whole times one photo size of one file; it takes no --size or --compare"
+        )
