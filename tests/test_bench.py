@@ -1,4 +1,4 @@
-"""`qaie bench`: one fresh process per (size, threads), the rows it reports, its errors."""
+"""`qaie bench`: one fresh process per (size, threads), the rows it reports, its errors; --whole."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from qaie.cli import main
-from qaie.runtime.bench import BenchRow, CompareRow
+from qaie.runtime.bench import BenchRow, CompareRow, WholeRow
 
 
 def test_bench_json_rows(tmp_path, tiny_tflite, capsys):
@@ -81,3 +81,52 @@ def test_bench_compare_pads_smaller_frames(tiny_tflite, capsys):
     """(A bad OTHER file: test_cli_errors.)"""
     code = main(["bench", str(tiny_tflite), "--compare", str(tiny_tflite), "--size", "80x60", "--runs", "1"])
     assert code == 0 and "80x60" in capsys.readouterr().out
+
+
+def test_bench_whole_photo_beside_one_pass(tmp_path, whole_photo_models, capsys):
+    """Numbers are of a width-4 test network; only their consistency is checked, not timing."""
+    out = tmp_path / "whole.json"
+    args = ["bench", str(whole_photo_models["qat"]), "--whole", "256x384", "--threads", "1,2"]
+    assert main([*args, "--runs", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == str(whole_photo_models["qat"]) and report["int8"] is True
+    assert len(report["load_avg"]) == 3
+    rows = report["rows"]
+    assert [(r["size"], r["threads"]) for r in rows] == [("256x384", 1), ("256x384", 2)]
+    assert {tuple(r) for r in rows} == {tuple(f.name for f in dataclasses.fields(WholeRow))}
+    for r in rows:
+        assert r["runs"] == 3 and r["warmup"] == 1  # one warm-up by default
+        assert r["window"] == "128x128" and r["one_pass_size"] == "128x128" and r["calls"] > 6
+        assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert 0 < r["one_pass_p10_ms"] <= r["one_pass_median_ms"] <= r["one_pass_p90_ms"]
+        assert r["s_per_mp"] == pytest.approx(r["median_ms"] / 1000 / (256 * 384 / 1e6), rel=1e-3)
+        assert r["one_pass_s_per_mp"] == pytest.approx(
+            r["one_pass_median_ms"] / 1000 / (128 * 128 / 1e6), rel=1e-3
+        )
+        assert r["ratio"] == pytest.approx(r["s_per_mp"] / r["one_pass_s_per_mp"], rel=1e-3)
+    table = capsys.readouterr().out
+    assert "whole/one" in table and "128x128 x" in table and table.count("\n") == 2 + len(rows)
+    assert f"{rows[0]['ratio']:.2f}" in table
+
+
+def test_bench_whole_needs_stage_signatures(tiny_tflite, capsys):
+    assert main(["bench", str(tiny_tflite), "--whole", "256x384", "--runs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"qaie bench: error: {tiny_tflite}: no stage signatures (exported with --no-stages), so no "
+        "whole-photo path to time; re-export without --no-stages, or time tiles with --size HxW"
+    )
+
+
+def test_bench_whole_refuses_an_exported_size(whole_photo_models, capsys):
+    assert main(["bench", str(whole_photo_models["qat"]), "--whole", "128x128"]) == 2
+    assert "an exported size, which runs in one pass" in capsys.readouterr().err
+
+
+def test_bench_whole_takes_no_size_or_compare(capsys):
+    """Checked before the file is opened."""
+    for extra in (["--size", "96x96"], ["--compare", "other.tflite"]):
+        assert main(["bench", "any.tflite", "--whole", "256x384", *extra]) == 2
+        assert capsys.readouterr().err.strip() == (
+            "qaie bench: error: --whole times one photo size of one file; it takes no --size or --compare"
+        )

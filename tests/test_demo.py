@@ -40,7 +40,7 @@ def test_results_json_has_every_key(demo: DemoResult) -> None:
         assert entry["delta_psnr_vs_fp32"] == pytest.approx(entry["psnr"] - results["fp32"]["psnr"])
         assert entry["file_bytes"] == (demo.out_dir / f"{name}.tflite").stat().st_size
         sizes = {f"{h}x{w}" for h, w in config.bench_sizes}
-        assert entry["latency_ms"].keys() == sizes
+        assert entry["latency_ms"].keys() == entry["latency_runs_as"].keys() == sizes
         for per_thread in entry["latency_ms"].values():
             assert per_thread.keys() == {str(t) for t in config.bench_threads}
             assert all(ms > 0 for ms in per_thread.values())
@@ -58,11 +58,13 @@ def test_build_results_checks_the_schema() -> None:
         ev[name] = {"psnr": 25.0, "ssim": 0.8}
         if name != "fp32":
             ev[name] |= {"float_ops": 0, "parity_psnr": None, "parity_max_abs_lsb": 0}
-    bench = {name: {"latency_ms": {"96x96": {"1": 3.0}}, "rows": []} for name in MODELS}
+    row = {"size": "96x96", "threads": 1, "mode": "stages", "tile": "64x64", "tiles": 12, "median_ms": 3.0}
+    bench = {name: {"latency_ms": {"96x96": {"1": 3.0}}, "rows": [row]} for name in MODELS}
     args = ("builtin", 0, ModelConfig(width=4), ev, bench, {"layers": []}, dict.fromkeys(MODELS, 10), {})
     results = build_results(*args)
     assert results.keys() == TOP_KEYS.keys() | set(MODELS)
     assert [set(results[name]) for name in MODELS] == [entry_keys(name) for name in MODELS]
+    assert results["fp32"]["latency_runs_as"] == {"96x96": {"mode": "stages", "tile": "64x64", "calls": 12}}
     ev["qat_int8"]["extra"] = 1
     del ev["fp32"]["ssim"]
     with pytest.raises(

@@ -35,8 +35,12 @@ def _fake_run(run: Path, with_samples: bool = True) -> None:
             "file_bytes": 100_000,
             "latency_ms": {"64x64": {"1": 3.0 + i, "2": 2.0 + i}, "128x128": {"1": 9.0, "2": 6.0}},
         }
-        if name != "fp32":
+        if name != "fp32":  # (fp32: a results.json from before latency_runs_as)
             results[name] |= {"parity_psnr": 50.0, "float_ops": 0}
+            results[name]["latency_runs_as"] = {
+                "64x64": {"mode": "direct", "tile": "64x64", "calls": 1},
+                "128x128": {"mode": "stages", "tile": "64x64", "calls": 27},
+            }
     (run / "results.json").write_text(json.dumps(results))
     for name in ("fp32", "qat"):
         (run / name).mkdir()
@@ -67,6 +71,8 @@ def test_report_has_every_section_and_markdown_links_exist(tmp_path: Path) -> No
     }
     md = result.markdown.read_text()
     assert "| QAT INT8 | 23.40 | 0.8000 | -0.60 | 50.0 | 0 |" in md
+    assert "| 6 ms whole photo @ 128x128 in 64x64 windows, 2 thr |" in md  # what was timed
+    assert "| 6 ms @ 128x128, 2 thr |" in md  # fp32: not known, not claimed
     for fig in result.figures:
         assert f"figures/{fig.name}" in md
         assert fig.stat().st_size > 1000

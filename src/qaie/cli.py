@@ -193,7 +193,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--threads", default="1", help="thread counts, e.g. 1,2 (default 1)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per configuration (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--warmup", type=int, help="untimed runs first (default 2; 1 with --whole)")
     p.add_argument("--json", nargs="?", const="-", metavar="OUT", help="JSON to OUT (or stdout, no table)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     p.add_argument(
@@ -202,6 +202,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         help="time FILE and OTHER alternately in one process and print FILE/OTHER (median ratio); "
         ".tflite files only",
     )
+    p.add_argument(
+        "--whole",
+        metavar="HxW",
+        help="time the whole-photo path (what `qaie enhance` runs, in stage windows) on a synthetic "
+        "photo of HxW against one pass of the largest exported size, warm, in s/MP, and their ratio; "
+        ".tflite with stage signatures only",
+    )
     p.set_defaults(handler=_run_bench)
 
 
@@ -209,19 +216,25 @@ def _run_bench(args: argparse.Namespace) -> None:
     import pathlib
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.runtime.bench import bench, compare, format_compare, format_table
-    from qaie.runtime.litert import parse_counts, parse_sizes
+    from qaie.runtime.bench import bench, compare, format_compare, format_table, format_whole, whole
+    from qaie.runtime.litert import parse_counts, parse_size, parse_sizes
 
+    if args.whole and (args.size or args.compare):
+        raise QaieError("--whole times one photo size of one file; it takes no --size or --compare")
     sizes = parse_sizes(args.size, "--size") if args.size else None
     to_file = args.json not in (None, "-")
     if to_file:
         check_writable(pathlib.Path(args.json), args.overwrite)
     threads = parse_counts(args.threads, "--threads")
-    if args.compare:
-        report = compare(args.model, args.compare, sizes, threads, runs=args.runs, warmup=args.warmup)
+    warmup = args.warmup if args.warmup is not None else 1 if args.whole else 2
+    if args.whole:
+        report = whole(args.model, parse_size(args.whole, "--whole"), threads, runs=args.runs, warmup=warmup)
+        table = format_whole(report)
+    elif args.compare:
+        report = compare(args.model, args.compare, sizes, threads, runs=args.runs, warmup=warmup)
         table = format_compare(report)
     else:
-        report = bench(args.model, sizes, threads, runs=args.runs, warmup=args.warmup)
+        report = bench(args.model, sizes, threads, runs=args.runs, warmup=warmup)
         table = format_table(report)
     if to_file:
         write_text_atomic(args.json, dumps(report.to_dict()))

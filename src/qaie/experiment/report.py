@@ -85,7 +85,11 @@ def build_report(run_dir: Path) -> ReportResult:
         )
     latency = _plot_latency(results, fig_dir)
     if latency:
-        sections.append(("Latency", "Median LiteRT latency per frame on this machine's CPU.", [latency]))
+        caption = (
+            "Median LiteRT latency per frame on this machine's CPU: a frame of an exported size is one "
+            "pass; a larger one is the whole-photo path in windows (or tiles), as `qaie enhance` runs it."
+        )
+        sections.append(("Latency", caption, [latency]))
 
     table_md, table_html = _results_table(results)
     figures = [f for _, _, figs in sections for f in figs]
@@ -103,13 +107,29 @@ def _fmt(value: object, digits: int) -> str:
 
 
 def _latency_cell(entry: dict) -> str:
-    """The largest measured size at the most threads: the headline latency of a model."""
+    """The largest measured size at the most threads: the headline latency of a model, named
+    by what was timed (one pass of an exported size, or the whole photo in windows)."""
     latency = entry.get("latency_ms") or {}
     if not latency:
         return "–"
     size = max(latency, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
     threads = max(latency[size], key=int)
-    return f"{latency[size][threads]:.0f} ms @ {size}, {threads} thr"
+    runs_as = (entry.get("latency_runs_as") or {}).get(size) or {}
+    return f"{latency[size][threads]:.0f} ms {_timed(size, runs_as)}, {threads} thr"
+
+
+def _timed(size: str, runs_as: dict) -> str:
+    """What a latency of a frame of `size` timed: results[name]["latency_runs_as"][size]."""
+    mode, tile, calls = runs_as.get("mode"), runs_as.get("tile"), runs_as.get("calls")
+    if mode == "direct":
+        return f"one pass @ {size}"
+    if mode == "padded":
+        return f"one pass @ {tile} (padded from {size})"
+    if mode == "tiled":
+        return f"@ {size} in {calls} tiles of {tile}"
+    if mode == "stages":
+        return f"whole photo @ {size} in {tile} windows"
+    return f"@ {size}"  # a results.json from before latency_runs_as
 
 
 def _results_table(results: dict) -> tuple[str, str]:

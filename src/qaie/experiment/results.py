@@ -39,6 +39,9 @@ MODEL_KEYS = {
     "ssim": "test SSIM",
     "delta_psnr_vs_fp32": "psnr minus the FP32 file's",
     "latency_ms": "{HxW: {threads: median ms}} from qaie bench",
+    "latency_runs_as": "{HxW: {mode, tile, calls}}: what each latency timed (qaie.runtime.bench.frame_mode): "
+    "direct (one pass of an exported size), padded (one pass of tile), tiled (calls tiles of tile) or "
+    "stages (the whole-photo path in tile windows, calls interpreter calls)",
     "file_bytes": "size of the .tflite",
 }
 INT8_KEYS = {
@@ -81,6 +84,10 @@ def build_results(
             **ev[name],
             "delta_psnr_vs_fp32": ev[name]["psnr"] - ev["fp32"]["psnr"],
             "latency_ms": bench[name]["latency_ms"],
+            "latency_runs_as": {
+                row["size"]: {"mode": row["mode"], "tile": row["tile"], "calls": row["tiles"]}
+                for row in bench[name]["rows"]
+            },
             "file_bytes": file_bytes[name],
         }
     all_versions = versions()

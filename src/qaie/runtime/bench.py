@@ -12,6 +12,12 @@ uint8 <-> model-tensor conversion; warm-up runs are excluded.
 `compare` times two files in one process, alternately (A B, then B A, ...), so that a load
 that comes and goes on a shared machine falls on both: their ratio is the number to quote,
 not either absolute time.
+
+`whole` (`qaie bench F.tflite --whole HxW`) times the whole-photo path of a file with stage
+signatures (what `qaie enhance` runs on a photo of that size: `enhance_image`, stage by stage
+in windows) against one pass of its largest exported signature, warm and alternately in this
+process, both in seconds per megapixel: their ratio is what the whole-photo path costs per
+pixel over one pass (window overlap, padding, the stage boundaries and the statistics).
 """
 
 from __future__ import annotations
@@ -100,6 +106,42 @@ class CompareReport:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class WholeRow:
+    """The whole-photo path and one pass, alternately in one process; times in milliseconds."""
+
+    size: str  # the photo "HxW"
+    threads: int
+    runs: int
+    warmup: int
+    window: str  # the stage window the photo runs in
+    calls: int  # interpreter calls per photo (windows x stages)
+    median_ms: float  # the whole-photo path on the photo
+    p10_ms: float
+    p90_ms: float
+    one_pass_size: str  # the largest exported signature
+    one_pass_median_ms: float  # one interpreter call of it
+    one_pass_p10_ms: float
+    one_pass_p90_ms: float
+    s_per_mp: float  # median_ms per megapixel of the photo, in seconds
+    one_pass_s_per_mp: float  # one_pass_median_ms per megapixel of the signature
+    ratio: float  # s_per_mp / one_pass_s_per_mp
+
+
+@dataclass(frozen=True)
+class WholeReport:
+    model: str
+    file_bytes: int
+    int8: bool
+    machine: str
+    cpus: int
+    load_avg: tuple[float, float, float]  # 1, 5, 15 min, taken before the first case
+    rows: list[WholeRow]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def frame_mode(model: TileModel, size: Size) -> tuple[str, Size, int]:
     """How a frame of `size` runs: mode, the exported size used (tile, or stage window), and
     interpreter calls per frame."""
@@ -162,6 +204,100 @@ def compare(
     load = tuple(round(x, 2) for x in os.getloadavg())
     rows = [_compare_in_subprocess(path, other, size, n, runs, warmup) for size in sizes for n in threads]
     return CompareReport(str(path), str(other), platform.platform(), os.cpu_count() or 1, load, rows)
+
+
+def whole(
+    path: str | os.PathLike, size: Size, threads: list[int], *, runs: int = 10, warmup: int = 1
+) -> WholeReport:
+    """Time the whole-photo path on a synthetic photo of `size` against one pass of the file's
+    largest exported signature, warm, in this process, for each thread count."""
+    path = Path(path)
+    if runs < 1 or warmup < 0:
+        raise QaieError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    model = TFLiteModel(path, num_threads=1)  # fails here, once, on a bad file
+    if model.stages is None:
+        raise QaieError(
+            f"{path}: no stage signatures (exported with --no-stages), so no whole-photo path to time; "
+            "re-export without --no-stages, or time tiles with --size HxW"
+        )
+    if size in model.sizes:
+        raise QaieError(
+            f"--whole {format_size(size)}: an exported size, which runs in one pass; pass a larger photo"
+        )
+    load = tuple(round(x, 2) for x in os.getloadavg())
+    rows = [measure_whole(path, size, n, runs, warmup) for n in threads]
+    return WholeReport(
+        str(path), path.stat().st_size, model.is_int8, platform.platform(), os.cpu_count() or 1, load, rows
+    )
+
+
+def synthetic_photo(size: Size, seed: int = 0) -> np.ndarray:
+    """Smooth colour gradients and a bright disc with mild noise (tests/test_wholephoto.py's
+    gradient_photo): photo-like content for the whole-photo path, uint8 (H, W, 3)."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    disc = ((y - 0.3) ** 2 + (x - 0.6) ** 2 < 0.02) * 90
+    rgb = np.stack([40 + 180 * x + disc, 30 + 150 * y, 200 - 120 * x * y + disc / 2], axis=-1)
+    return np.clip(rgb + rng.normal(0, 4, rgb.shape), 0, 255).astype(np.uint8)
+
+
+def measure_whole(path: Path, size: Size, threads: int, runs: int, warmup: int) -> WholeRow:
+    """The whole-photo path and one pass of the largest signature, alternately (whole first on
+    even rounds, one pass first on odd ones), in one interpreter."""
+    model = TFLiteModel(path, num_threads=threads)
+    mode, window, calls = frame_mode(model, size)
+    assert mode == "stages", mode
+    one = max(model.sizes, key=lambda s: s[0] * s[1])  # the first of equal areas
+    frames = [synthetic_photo(size), synthetic_photo(one)]
+    jobs = [lambda: enhance_image(model, frames[0]), lambda: model.run(frames[1])]
+    times: list[list[float]] = [[], []]
+    for i in range(warmup + runs):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            jobs[k]()
+            if i >= warmup:
+                times[k].append((time.perf_counter() - start) * 1000)
+    (p10, med, p90), (op10, omed, op90) = (np.percentile(t, [10, 50, 90]) for t in times)
+    s_per_mp = med / 1000 / (size[0] * size[1] / 1e6)
+    one_s_per_mp = omed / 1000 / (one[0] * one[1] / 1e6)
+    return WholeRow(
+        format_size(size), threads, runs, warmup, format_size(window), calls,
+        *(round(float(t), 3) for t in (med, p10, p90)),
+        format_size(one), *(round(float(t), 3) for t in (omed, op10, op90)),
+        round(float(s_per_mp), 6), round(float(one_s_per_mp), 6),
+        round(float(s_per_mp / one_s_per_mp), 4),
+    )  # fmt: skip
+
+
+def format_whole(report: WholeReport) -> str:
+    """The whole-photo path beside one pass, one row per thread count."""
+    kind = "INT8" if report.int8 else "float"
+    load = ", ".join(f"{x:.2f}" for x in report.load_avg)
+    lines = [
+        f"{report.model}: {kind}, {report.file_bytes / 1e6:.2f} MB; {report.machine}, {report.cpus} CPUs, "
+        f"load average {load}; warm, alternating runs in one process",
+        f"{'photo':>11} {'thr':>3} {'runs':>4}  {'whole photo in windows':<24} {'s/MP (p10-p90)':>22}  "
+        f"{'one pass':<10} {'s/MP (p10-p90)':>22} {'whole/one':>9}",
+    ]
+    for r in report.rows:
+        mp, one_mp = _megapixels(r.size), _megapixels(r.one_pass_size)
+        how = f"{r.window} x{r.calls} calls"
+        spread = f"{r.s_per_mp:.3f} ({r.p10_ms / mp / 1000:.3f}-{r.p90_ms / mp / 1000:.3f})"
+        one = (
+            f"{r.one_pass_s_per_mp:.3f} ({r.one_pass_p10_ms / one_mp / 1000:.3f}-"
+            f"{r.one_pass_p90_ms / one_mp / 1000:.3f})"
+        )
+        lines.append(
+            f"{r.size:>11} {r.threads:>3} {r.runs:>4}  {how:<24} {spread:>22}  {r.one_pass_size:<10} "
+            f"{one:>22} {r.ratio:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _megapixels(size: str) -> float:
+    h, w = (int(v) for v in size.split("x"))
+    return h * w / 1e6
 
 
 def format_compare(report: CompareReport) -> str:
