@@ -149,6 +149,40 @@ def test_ptq_and_qat_share_one_layout(qat_graph: GraphModule) -> None:
     assert sorted(_quantizer_names(ptq)) == sorted(_quantizer_names(qat_graph))
 
 
+def test_ptq_keeps_the_norm_statistics_extremes() -> None:
+    """PTQ's observer policy: a norm statistic's range is the min/max over every calibration
+    batch (a photo with a larger variance than the first must not saturate), the rest a moving
+    average at PTQ_AVERAGING."""
+    from torchao.quantization.pt2e.observer import MinMaxObserver, MovingAverageMinMaxObserver
+
+    net = EnhanceNet(ModelConfig(width=4))
+    graph = quantize.prepare_ptq(net, torch.rand(1, 3, 32, 32))
+    kinds = {}
+    for node in graph.graph.nodes:
+        if node.op == "call_module" and isinstance(getattr(graph, node.target), MinMaxObserver):
+            source = node.args[0]
+            statistic = source.target == torch.ops.aten.mean.dim or any(
+                u.target == torch.ops.aten.rsqrt.default for u in node.users
+            )
+            observer = getattr(graph, node.target)
+            moving = isinstance(observer, MovingAverageMinMaxObserver)
+            kinds[node.target] = (statistic, moving, getattr(observer, "averaging_constant", None))
+    assert {k for k in kinds.values() if k[0]} == {(True, False, None)}  # 5 norms: mean, var, var + eps
+    assert sum(k[0] for k in kinds.values()) == 15
+    assert {k for k in kinds.values() if not k[0]} == {(False, True, quantize.PTQ_AVERAGING)}
+    # the extremes over all batches: a flat image, then a busy one, keeps the busy one's range
+    flat, busy = torch.full((1, 3, 32, 32), 0.5), torch.rand(1, 3, 32, 32)
+    quantize.calibrate(graph, [flat, busy])
+    busy_only = quantize.prepare_ptq(net, torch.rand(1, 3, 32, 32))
+    quantize.calibrate(busy_only, [busy])
+    for name, (statistic, _, _) in kinds.items():
+        seen, busy_range = getattr(graph, name), getattr(busy_only, name)
+        covers = bool(seen.max_val >= busy_range.max_val and seen.min_val <= busy_range.min_val)
+        assert covers or not statistic, name  # statistics: the union of both images' ranges
+    averaged = [n for n, k in kinds.items() if not k[0]]
+    assert any(getattr(graph, n).max_val < getattr(busy_only, n).max_val for n in averaged)
+
+
 def _quantizer_names(graph: GraphModule) -> list[str]:
     return [n.target for n in graph.graph.nodes if n.op == "call_module"]
 

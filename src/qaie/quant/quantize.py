@@ -6,7 +6,8 @@ quantized output, so the LiteRT converter lowers the whole graph to int8 kernels
 - conv weights: per-channel symmetric int8 in [-127, 127], scale amax / 127 (what TFLite
   stores); the bias becomes int32 at input scale * weight scale (the converter does it;
   `convert` rounds the reference model's bias to the same grid);
-- activations: per-tensor asymmetric int8, moving-average min/max, torch's default eps
+- activations: per-tensor asymmetric int8, min/max ranges (moving averages, and in PTQ
+  all-image min/max for the norms' statistics: `QuantSpecs.build`), torch's default eps
   (float32 eps as the smallest scale, not 2^-12);
 - network input and output: fixed scale 1/255, zero point -128 (uint8 pixels map exactly);
   the op before the final clamp(0, 1) already writes at that scale, which *is* the clamp;
@@ -44,6 +45,7 @@ from torch.export import Dim
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e import FakeQuantize, disable_observer, enable_observer
 from torchao.quantization.pt2e.observer import (
+    MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver,
@@ -73,6 +75,7 @@ IO_ZERO_POINT = -128
 # TFLite's int8 TANH output: q = round(128 * y), y in [-1, 1).
 TANH_SCALE = 1.0 / 128.0
 TANH_ZERO_POINT = 0
+PTQ_AVERAGING = 0.1  # PTQ's moving-average constant (torch's default 0.01 lets the first batch decide)
 _META_KEY = "qaie"  # GraphModule.meta entry holding {"config": ModelConfig, "mode": QuantMode}
 
 
@@ -94,26 +97,32 @@ class RsqrtInputFakeQuantize(FakeQuantize):
 
 @dataclass(frozen=True)
 class QuantSpecs:
-    """The four kinds of quantization in the network, for PTQ (observers) or QAT (fake-quant)."""
+    """The kinds of quantization in the network, for PTQ (observers) or QAT (fake-quant)."""
 
     activation: QuantizationSpec
-    rsqrt_input: QuantizationSpec  # activation, never 0 in QAT (see RsqrtInputFakeQuantize)
+    statistic: QuantizationSpec  # the norms' means, variances and var + eps
+    rsqrt_input: QuantizationSpec  # var + eps, never 0 in QAT (see RsqrtInputFakeQuantize)
     weight: QuantizationSpec
     io: FixedQParamsQuantizationSpec
     tanh: FixedQParamsQuantizationSpec
 
     @classmethod
     def build(cls, qat: bool) -> QuantSpecs:
-        act_obs = (
-            FakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
-            if qat
-            else MovingAverageMinMaxObserver
-        )
-        weight_obs = (
-            FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver)
-            if qat
-            else PerChannelMinMaxObserver
-        )
+        """QAT: moving-average min/max fake-quant everywhere (training moves the ranges).
+
+        PTQ: the policy of the observer study (docs/results.md): the norms' statistics keep
+        their min/max over all calibration images (a moving average lets the last images
+        decide, and a photo whose variance lands above the range saturates its rsqrt); every
+        other activation a moving average with constant 0.1.
+        """
+        if qat:
+            act_obs = stat_obs = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
+            rsqrt_obs = RsqrtInputFakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
+            weight_obs = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver)
+        else:
+            act_obs = MovingAverageMinMaxObserver.with_args(averaging_constant=PTQ_AVERAGING)
+            stat_obs = rsqrt_obs = MinMaxObserver
+            weight_obs = PerChannelMinMaxObserver
         activation = QuantizationSpec(
             dtype=torch.int8,
             quant_min=-128,
@@ -129,12 +138,8 @@ class QuantSpecs:
             ch_axis=0,
             observer_or_fake_quant_ctr=weight_obs,
         )
-        rsqrt_input = dataclasses.replace(
-            activation,
-            observer_or_fake_quant_ctr=(
-                RsqrtInputFakeQuantize.with_args(observer=MovingAverageMinMaxObserver) if qat else act_obs
-            ),
-        )
+        statistic = dataclasses.replace(activation, observer_or_fake_quant_ctr=stat_obs)
+        rsqrt_input = dataclasses.replace(activation, observer_or_fake_quant_ctr=rsqrt_obs)
         io = FixedQParamsQuantizationSpec(
             dtype=torch.int8,
             scale=IO_SCALE,
@@ -144,7 +149,7 @@ class QuantSpecs:
             qscheme=torch.per_tensor_affine,
         )
         tanh = dataclasses.replace(io, scale=TANH_SCALE, zero_point=TANH_ZERO_POINT)
-        return cls(activation, rsqrt_input, weight, io, tanh)
+        return cls(activation, statistic, rsqrt_input, weight, io, tanh)
 
 
 # --- annotators: one per kind of op ---------------------------------------------------------------
@@ -197,8 +202,13 @@ def annotate_conv(node: Node, specs: QuantSpecs) -> None:
 
 
 def annotate_elementwise(node: Node, specs: QuantSpecs) -> None:
-    """Own observed output scale (add, sub, mul, mean)."""
+    """Own observed output scale (add, sub, mul)."""
     _set(node, {a: _input_spec(a, specs) for a in _tensor_args(node)}, specs.activation)
+
+
+def annotate_statistic(node: Node, specs: QuantSpecs) -> None:
+    """A norm's mean or variance (the mean over H, W): the statistic's own observer."""
+    _set(node, {a: _input_spec(a, specs) for a in _tensor_args(node)}, specs.statistic)
 
 
 def annotate_tanh(node: Node, specs: QuantSpecs) -> None:
@@ -247,7 +257,7 @@ RULES: dict[Callable, Annotator] = {
     aten.mul.Tensor: annotate_elementwise,
     aten.add.Tensor: annotate_elementwise,
     aten.sub.Tensor: annotate_elementwise,
-    aten.mean.dim: annotate_elementwise,
+    aten.mean.dim: annotate_statistic,
     aten.rsqrt.default: annotate_rsqrt,
     aten.leaky_relu.default: annotate_passthrough,
     aten.max_pool2d.default: annotate_passthrough,
