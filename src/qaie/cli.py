@@ -296,7 +296,13 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", required=True, metavar="HxW", help="the size the model runs at (export, frames)")
     p.add_argument("--out", required=True, help="the INT8 file: .tflite, .onnx or .pte")
     p.add_argument("--work", help="folder for the PTQ checkpoint and the QAT run (default OUT.work)")
-    p.add_argument("--qat-epochs", type=int, default=2, help="label-free QAT epochs; 0: PTQ only (default 2)")
+    p.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=0,
+        help="label-free QAT epochs after PTQ (default 0: PTQ only; measured so far it does not beat PTQ, "
+        "docs/results.md)",
+    )
     p.add_argument("--crop", type=int, default=512, help="QAT training crop side (default 512)")
     p.add_argument("--batch-size", type=int, default=2, help="QAT crops per step (default 2)")
     p.add_argument("--repeats", type=int, default=4, help="QAT crops per photo per epoch (default 4)")
