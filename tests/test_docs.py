@@ -40,6 +40,8 @@ def _module_names() -> dict[str, str]:
     for path in SRC.rglob("*.py"):
         parts = path.relative_to(SRC.parent).with_suffix("").parts
         parts = parts[:-1] if parts[-1] == "__init__" else parts
+        if parts[:2] == ("qaie", "cli") and len(parts) > 2:
+            continue  # the CLI's command modules (cli.quantize, ...) would make quant.quantize ambiguous
         names.setdefault(parts[-1], []).append(".".join(parts))
     return {short: full[0] for short, full in names.items() if len(full) == 1}  # unambiguous only
 

@@ -1,0 +1,108 @@
+"""`qaie quantize` and `qaie calibrate`: an FP32 model to INT8, from photos or by PTQ on a data spec."""
+
+from __future__ import annotations
+
+import argparse
+
+from qaie.data.spec import SPEC_SYNTAX
+from qaie.errors import QaieError
+from qaie.jsonio import dumps
+
+
+def add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="an FP32 model and unlabelled photos -> an INT8 file: PTQ, label-free QAT, export, fidelity",
+    )
+    p.add_argument("checkpoint", metavar="FP32.ckpt", help="FP32 checkpoint (qaie's, or from qaie import)")
+    p.add_argument("--photos", required=True, metavar="DIR", help="photos, split by name into train/val/test")
+    p.add_argument("--size", required=True, metavar="HxW", help="the size the model runs at (export, frames)")
+    p.add_argument("--out", required=True, help="the INT8 file: .tflite, .onnx or .pte")
+    p.add_argument("--work", help="folder for the PTQ checkpoint and the QAT run (default OUT.work)")
+    p.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=0,
+        help="label-free QAT epochs after PTQ (default 0: PTQ only; measured so far it does not beat PTQ, "
+        "docs/results.md)",
+    )
+    p.add_argument("--crop", type=int, default=512, help="QAT training crop side (default 512)")
+    p.add_argument("--batch-size", type=int, default=2, help="QAT crops per step (default 2)")
+    p.add_argument("--repeats", type=int, default=4, help="QAT crops per photo per epoch (default 4)")
+    p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate (default 1e-5)")
+    p.add_argument("--test-limit", type=int, help="fidelity on the first N test photos only")
+    p.add_argument("--json", metavar="OUT", help="also write the numbers as JSON to OUT")
+    p.set_defaults(handler=_run_quantize)
+
+
+def _run_quantize(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable, write_text_atomic
+    from qaie.experiment.quantize_photos import QuantizeConfig, quantize_from_photos, summary
+    from qaie.runtime.litert import parse_size
+
+    out = Path(args.out)
+    if args.json:
+        check_writable(Path(args.json), overwrite=True)
+    photos = Path(args.photos)
+    if not photos.is_dir():
+        raise QaieError(f"{photos}: not a folder of photos")
+    config = QuantizeConfig(
+        checkpoint=Path(args.checkpoint),
+        photos=photos,
+        size=parse_size(args.size, "--size"),
+        out=out,
+        work=Path(args.work) if args.work else out.with_name(out.name + ".work"),
+        qat_epochs=args.qat_epochs,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        lr=args.lr,
+        test_limit=args.test_limit,
+    )
+    result = quantize_from_photos(config)
+    f, p = result.fidelity, result.parity.overall
+    print(f"wrote {result.out} (INT8 of {result.checkpoint})")
+    print(
+        f"  fidelity to FP32 on {f.n_images} held-out photos at {args.size}: PSNR {f.psnr:.2f} dB  SSIM {f.ssim:.4f}"
+    )
+    if result.ptq_fidelity is not None:
+        print(f"  (PTQ alone: PSNR {result.ptq_fidelity.psnr:.2f} dB)")
+    identical = " (identical)" if p.max_abs_lsb == 0 else ""
+    print(f"  parity with its checkpoint: PSNR {p.psnr:.2f} dB, max {p.max_abs_lsb} LSB{identical}")
+    print("  minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in result.minutes.items()))
+    if args.json:
+        write_text_atomic(args.json, dumps(summary(result)))
+
+
+def add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="PTQ: calibrate an FP32 checkpoint into an INT8 (PTQ) checkpoint")
+    p.add_argument("checkpoint", metavar="CKPT", help="FP32 checkpoint")
+    p.add_argument(
+        "--data", required=True, help=f"data spec: {SPEC_SYNTAX}; crops of its training split are used"
+    )
+    p.add_argument("--images", type=int, default=128, help="calibration crops (default 128)")
+    p.add_argument(
+        "--crop",
+        default="100",
+        metavar="N|HxW",
+        help="crop size (default 100, as DPED; HxW for photos: data, e.g. the size the model will run at)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the crops and degradations")
+    p.add_argument("--out", required=True, help="PTQ checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from qaie.atomic import check_writable
+    from qaie.quant.calibrate import calibrate_checkpoint
+    from qaie.runtime.litert import parse_size
+
+    check_writable(Path(args.out), args.overwrite)
+    crop = parse_size(args.crop, "--crop")
+    calibrate_checkpoint(args.checkpoint, args.data, args.out, images=args.images, crop=crop, seed=args.seed)
+    print(f"wrote {args.out} (PTQ, {args.images} training crops of {args.data})")
