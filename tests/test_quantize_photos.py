@@ -19,7 +19,7 @@ from qaie.experiment.train import EnhanceModule, TrainConfig
 from qaie.quant.checkpoint import load_model
 from qaie.quant.tflite_ops import inspect_tflite
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "immunohistochemistry")
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "immunohistochemistry")
 
 
 @pytest.fixture(scope="module")
