@@ -94,17 +94,19 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     if loaded.quant is not None:
         raise QaieError(f"{config.checkpoint}: already quantized ({loaded.quant}); give the FP32 checkpoint")
     _check_out(config.out)
-    for split in ("train", "val", "test"):  # fails early when the folder is too small to split
-        make_dataset(config.data, split, crop=config.size, held_out=True)
+    # every split checked before any work (too few photos, or smaller than --size)
+    photos = {
+        s: len(make_dataset(config.data, s, crop=config.size, held_out=True))
+        for s in ("train", "val", "test")
+    }
     config.work.mkdir(parents=True, exist_ok=True)
     minutes: dict[str, float] = {}
 
     started = time.perf_counter()
     ptq = config.work / "ptq.ckpt"
     if not ptq.exists():
-        train_photos = len(make_dataset(config.data, "train", crop=None, held_out=True))
         calibrate_checkpoint(
-            config.checkpoint, config.data, ptq, images=train_photos, crop=config.size, held_out=True
+            config.checkpoint, config.data, ptq, images=photos["train"], crop=config.size, held_out=True
         )
     minutes["ptq"] = (time.perf_counter() - started) / 60
 

@@ -11,7 +11,7 @@ Here those three are computed from the int8 codes, where exact arithmetic is che
 
 - convolutions: integer sums of code products (float32 holds them exactly in groups of input
   channels small enough; groups add in float64), then the scales, as the integer kernels do;
-- tanh: a table over the 256 codes of its input (the platform's libm, once per call);
+- tanh: a table over the 256 codes of its input (the platform's libm, once per node);
 - norm statistics: `qaie.runtime.wholephoto.norm_statistics`, the whole-photo path's own, from
   exact sums of codes.
 
@@ -21,6 +21,7 @@ Export keeps using `convert`: LiteRT runs its own integer kernels.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 
@@ -131,9 +132,14 @@ def _integer_conv(
 def _tanh_table(codes: Tensor, scale: float, zero: int) -> Tensor:
     """tanh of dequantized int8 codes, from a table of the 256 codes (libm's tanh, rounded once)."""
     low = -128 if codes.dtype == torch.int8 else 0
-    inputs = (torch.arange(low, low + 256, dtype=torch.float32) - zero) * scale  # as dequantize does
-    table = torch.tensor([math.tanh(v) for v in inputs.tolist()], dtype=torch.float32)
-    return table[codes.long() - low]
+    return _table(low, scale, zero)[codes.long() - low]
+
+
+@functools.cache
+def _table(low: int, scale: float, zero: int) -> Tensor:
+    """tanh of the 256 codes from `low`, dequantized as dequantize does (one per tanh node)."""
+    inputs = (torch.arange(low, low + 256, dtype=torch.float32) - zero) * scale
+    return torch.tensor([math.tanh(v) for v in inputs.tolist()], dtype=torch.float32)
 
 
 def _norm_statistics(codes: Tensor, norm: dict) -> tuple[Tensor, Tensor]:
