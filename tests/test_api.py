@@ -7,15 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 from PIL import Image
 
 import qaie
 from qaie.cli import main
 from qaie.errors import QaieError
 from qaie.imageio import read_rgb
-from qaie.quant.predict import CheckpointModel
+from qaie.quant.predict import CHECKPOINT_TILE, CheckpointModel
 from qaie.runtime.litert import TFLiteModel
 from qaie.runtime.models import default_model
+from qaie.runtime.wholephoto import plan_axis
 
 SHIPPED = "qaie-c32-int8"
 
@@ -23,8 +25,6 @@ SHIPPED = "qaie-c32-int8"
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 120x160 photo-like JPEG stored sideways with EXIF orientation 6 (shown as 160x120)."""
-    import skimage.data
-
     pixels = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((160, 120)))
     path = tmp_path_factory.mktemp("api") / "sideways.jpg"
     exif = Image.Exif()
@@ -105,12 +105,40 @@ def test_enhance_is_what_the_cli_writes(photo: Path, shipped: TFLiteModel, tmp_p
     assert np.array_equal(read_rgb(out).pixels, qaie.enhance(photo, shipped))
 
 
-def test_enhance_with_a_checkpoint_is_its_whole_photo_output(tiny_checkpoint: Path) -> None:
-    """A checkpoint runs stage by stage in 512x512 windows; a photo of that size is one window,
-    so the result is the one-pass reference (FP32: within a rounding step)."""
-    image = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
-    staged = qaie.enhance(image, tiny_checkpoint).astype(int)
-    whole = CheckpointModel(tiny_checkpoint, window=None).run(image).astype(int)
+@pytest.fixture(scope="module")
+def normed_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A width-4 FP32 checkpoint whose instance norms act (unlike `tiny_checkpoint`'s): its output
+    depends on statistics of the whole photo, which windows that normalised themselves would miss."""
+    import torch
+
+    from qaie.config import ModelConfig
+    from qaie.nn.model import EnhanceNet
+    from qaie.quant.checkpoint import save_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(width=4)
+    path = tmp_path_factory.mktemp("api") / "normed.ckpt"
+    save_model(path, EnhanceNet(config).eval(), config)
+    return path
+
+
+def test_enhance_with_a_checkpoint_is_its_whole_photo_output(
+    normed_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint runs stage by stage in windows of CHECKPOINT_TILE; a photo spanning 2x3 of them
+    gets the one-pass output over the whole photo (FP32: within a rounding step)."""
+    # (600, 1096, 3): sides on the S/8 grid, where the one-pass network needs no padding
+    image = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((1096, 600)))
+    model = qaie.load(normed_checkpoint)
+    assert model.stages is not None and model.stages.window_sizes == (CHECKPOINT_TILE,)
+    calls: list[int] = []
+    run = model.stages.run
+    monkeypatch.setattr(model.stages, "run", lambda k, *args: calls.append(k) or run(k, *args))
+    staged = qaie.enhance(image, model).astype(int)
+    windows = len(plan_axis(600, CHECKPOINT_TILE[0])) * len(plan_axis(1096, CHECKPOINT_TILE[1]))
+    stages = len(model.stages.meta["stages"])
+    assert windows == 6 and sorted(calls) == sorted(list(range(stages)) * windows)
+    whole = CheckpointModel(normed_checkpoint, window=None).run(image).astype(int)
     assert np.abs(staged - whole).max() <= 1
     assert np.abs(staged - image).mean() > 1
 
