@@ -68,6 +68,24 @@ def tiny_checkpoint(tiny_tflite: Path) -> Path:
     return tiny_tflite.with_suffix(".ckpt")
 
 
+@pytest.fixture(scope="session")
+def one_pass(tiny_checkpoint: Path):  # -> Callable[[np.ndarray, Size], np.ndarray]
+    """`tiny_net` in PyTorch, one pass over a photo reflect-padded to `padded` (H, W) and cropped
+    back: what padding and tiling a `tiny_tflite` must reproduce (the network is local)."""
+    import numpy as np
+
+    from qaie.quant.predict import CheckpointModel
+
+    net = CheckpointModel(tiny_checkpoint, window=None)
+
+    def run(image: np.ndarray, padded: tuple[int, int]) -> np.ndarray:
+        h, w = image.shape[:2]
+        pad = ((0, padded[0] - h), (0, padded[1] - w), (0, 0))
+        return net.run(np.pad(image, pad, mode="reflect"))[:h, :w]
+
+    return run
+
+
 @pytest.fixture(scope="session", params=["int8", "uint8"])
 def tiny_int8_tflite(request, tiny_net, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`tiny_net` exported integer-only INT8 (PTQ on crops of a real photo) at the same sizes,

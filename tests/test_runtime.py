@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 import skimage.data
@@ -13,7 +11,6 @@ from hypothesis import strategies as st
 from skimage.metrics import peak_signal_noise_ratio
 
 from qaie.errors import QaieError
-from qaie.imageio import Size
 from qaie.runtime import litert as runtime
 from qaie.runtime.litert import (
     ALIGN,
@@ -34,22 +31,6 @@ BORDER = 16  # image-border band left out of tiled-vs-whole comparisons (reflect
 @pytest.fixture(scope="module")
 def model(tiny_tflite) -> TFLiteModel:
     return TFLiteModel(tiny_tflite, num_threads=2)
-
-
-@pytest.fixture(scope="module")
-def one_pass(tiny_checkpoint) -> Callable[[np.ndarray, Size], np.ndarray]:
-    """The tiny network in PyTorch, one pass over a photo reflect-padded to `padded` and cropped
-    back: what the runtime's padding and tiling must reproduce (the network is local)."""
-    from qaie.quant.predict import CheckpointModel
-
-    net = CheckpointModel(tiny_checkpoint, window=None)
-
-    def run(image: np.ndarray, padded: Size) -> np.ndarray:
-        h, w = image.shape[:2]
-        pad = ((0, padded[0] - h), (0, padded[1] - w), (0, 0))
-        return net.run(np.pad(image, pad, mode="reflect"))[:h, :w]
-
-    return run
 
 
 @pytest.fixture(scope="module")
