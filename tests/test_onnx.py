@@ -101,15 +101,33 @@ def test_whole_photo_any_size_matches_tile_none(quant_models, onnx_files):
     assert psnr(enhance_image(fp32, photo), reference(quant_models.fp32, photo)) >= FP32_PARITY_DB
 
 
-def test_cli_enhance_evaluate_bench_inspect(onnx_files, tmp_path, capsys):
+def test_cli_enhance_evaluate_bench_inspect(quant_models, onnx_files, tmp_path, capsys):
+    """Each command's numbers, not only its exit status: the enhanced photo against the quantized
+    reference, evaluate's PSNR against the checkpoint's, its fidelity to the checkpoint."""
     from PIL import Image
 
-    out = onnx_files["qat"]
-    photo = tmp_path / "p.png"
-    Image.fromarray(gradient_photo(100, 132)).save(photo)
-    assert main(["enhance", str(photo), "-o", str(tmp_path / "e.png"), "--model", str(out)]) == 0
-    assert (tmp_path / "e.png").is_file()
-    assert main(["evaluate", str(out), "--data", "builtin", "--limit", "1"]) in (0, None)
+    from qaie.data.datasets import VAL_SEED, make_dataset
+    from qaie.experiment.evaluate import evaluate
+    from qaie.quant.predict import checkpoint_predictor
+
+    out, ckpt = onnx_files["qat"], quant_models.ckpt["qat"]
+    pixels = gradient_photo(100, 132)
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    assert main(["enhance", str(tmp_path / "p.png"), "-o", str(tmp_path / "e.png"), "--model", str(out)]) == 0
+    enhanced = np.asarray(Image.open(tmp_path / "e.png"))
+    assert psnr(enhanced, reference(quantize.convert(quant_models.qat), pixels)) >= INT8_PARITY_DB
+
+    data = ["--data", "builtin", "--limit", "2"]
+    assert main(["evaluate", str(out), *data, "--json", str(tmp_path / "ev.json")]) in (0, None)
+    file = json.loads((tmp_path / "ev.json").read_text())
+    test = make_dataset("builtin", "test", crop=None, seed=VAL_SEED, limit=2)
+    torch_ref = evaluate(checkpoint_predictor(ckpt), test, model="qat", data="builtin", split="test")
+    assert file["n_images"] == 2 and file["input_psnr"] == pytest.approx(torch_ref.input_psnr)
+    assert file["psnr"] == pytest.approx(torch_ref.psnr, abs=0.05)  # 40+ dB apart: the same quality
+    assert file["psnr"] > file["input_psnr"]  # the trained network enhances
+    argv = ["evaluate", str(out), *data, "--reference", str(ckpt), "--json", str(tmp_path / "fid.json")]
+    assert main(argv) in (0, None)
+    assert json.loads((tmp_path / "fid.json").read_text())["psnr"] >= INT8_PARITY_DB
     capsys.readouterr()
     assert main(["bench", str(out), "--size", "64x64", "--runs", "1", "--warmup", "0", "--json"]) in (0, None)
     (row,) = json.loads(capsys.readouterr().out)["rows"]
