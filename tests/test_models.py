@@ -43,11 +43,16 @@ def test_models_lists_cards_and_sidecars(models_dir: Path, capsys: pytest.Captur
 
 
 def test_enhance_without_model_uses_the_shipped_one(models_dir: Path, tmp_path: Path) -> None:
-    src, dst = tmp_path / "in.png", tmp_path / "out.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(src)
+    """The pixels written are the package model's output (here the tiny one), not another's."""
+    from qaie.runtime.litert import TFLiteModel, enhance_image
+
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(src)
     assert main(["enhance", str(src), "-o", str(dst)]) == 0
     with Image.open(dst) as img:
         assert img.size == (90, 70) and img.mode == "RGB"
+        assert np.array_equal(np.asarray(img), enhance_image(TFLiteModel(models_dir / "tiny.tflite"), pixels))
 
 
 def test_figure_from_builtin_photos(tiny_tflite: Path, tmp_path: Path) -> None:
