@@ -30,7 +30,7 @@ FILE_EXTENSIONS = {
     "py", "md", "json", "csv", "html", "txt", "toml", "yaml", "yml", "cfg", "tflite", "onnx", "pte",
     "ckpt", "pt", "pth", "png", "jpg", "jpeg", "webp", "tif", "tiff", "bmp", "gif", "zip", "gz",
 }  # fmt: skip
-FULL = re.compile(r"(?<![\w./-])qaie(?:\.[A-Za-z_]\w*)+")  # not inside a path or URL
+FULL = re.compile(r"(?<![\w./\"-])qaie(?:\.[A-Za-z_]\w*)+")  # not inside a path, URL or string
 SHORT = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")  # a dotted name opening a code span
 
 
@@ -88,12 +88,24 @@ def test_every_dotted_name_in_the_docs_resolves(doc: Path) -> None:
     assert not broken, f"{doc.name} names what the code does not have (now): {', '.join(broken)}"
 
 
+SOURCES = sorted(SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[str(p.relative_to(SRC)) for p in SOURCES])
+def test_every_dotted_name_and_path_in_the_source_resolves(source: Path) -> None:
+    """Docstrings and comments name modules and paths the way the docs do (`qaie.quant.split`,
+    `reference.exact_statistics`, `tests/test_x.py`): they must exist too."""
+    text = source.read_text()
+    broken = [name for name in sorted(dotted_names(text)) if not resolves(name)] + missing_paths(text)
+    assert not broken, f"{source.relative_to(SRC)} names what the code does not have: {', '.join(broken)}"
+
+
 def test_the_docs_check_sees_a_stale_name() -> None:
-    """Control: moved and misspelt names are caught; file names and URLs are not names."""
+    """Control: moved and misspelt names are caught; file names, URLs and strings are not names."""
     text = (
         "`train.AtomicCheckpointIO`, qaie.export._xnnpack_friendly, `quant.predict.open_model`, "
         "`qaie.runtime.enhance.nothing_here`; qaie.tflite, `results.json`, `data.py`, "
-        "https://example.com/qaie.git, src/qaie.cli, `np.float32`"
+        'https://example.com/qaie.git, src/qaie.cli, `np.float32`, "qaie.io.scale"'
     )
     names = dotted_names(text)
     assert names == {
@@ -104,6 +116,84 @@ def test_the_docs_check_sees_a_stale_name() -> None:
     }
     assert [name for name in sorted(names) if resolves(name)] == ["qaie.quant.predict.open_model"]
     assert len(DOCS) >= 5 and all(doc.is_file() for doc in DOCS)
+
+
+# --- paths, test names and links -----------------------------------------------------------------
+
+TESTS = REPO / "tests"
+REPO_PATH = re.compile(r"(?<![\w/.-])((?:src/qaie|tests|tools|docs|\.ci)/[\w./-]*\w)(?:::(\w+))?")
+TEST_NAME = re.compile(r"(?<![\w/])test_\w+")  # a test function's or test module's name
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # a Markdown link's target
+
+
+def _defines(path: Path, name: str) -> bool:
+    return path.is_file() and re.search(rf"^\s*def {name}\(", path.read_text(), re.M) is not None
+
+
+def missing_paths(text: str) -> list[str]:
+    """Repository paths (`src/qaie/...`, `tests/x.py::test_y`, `tools/...`) that do not exist, or
+    whose `::name` the file does not define."""
+    missing = []
+    for m in REPO_PATH.finditer(text):
+        path, name = REPO / m.group(1), m.group(2)
+        if not path.exists() or (name and not _defines(path, name)):
+            missing.append(m.group(0))
+    return missing
+
+
+def unknown_tests(text: str) -> list[str]:
+    """`test_*` names that are neither a test module nor a function defined in tests/."""
+    sources = list(TESTS.glob("*.py"))
+    return sorted(
+        name
+        for name in {m.group(0) for m in TEST_NAME.finditer(text)}
+        if not (TESTS / f"{name}.py").is_file() and not any(_defines(p, name) for p in sources)
+    )
+
+
+def heading_anchors(doc: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings (outside code blocks)."""
+    anchors, fenced = set(), False
+    for line in doc.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def broken_links(doc: Path, text: str) -> list[str]:
+    """Relative links of `doc` whose file does not exist or whose #anchor is no heading of it."""
+    broken = []
+    for target in (m.group(1) for m in LINK.finditer(text)):
+        if re.match(r"[a-z]+:", target):
+            continue  # a URL
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file) if file else doc
+        if not path.exists() or (anchor and anchor not in heading_anchors(path)):
+            broken.append(target)
+    return broken
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
+def test_every_path_test_and_link_in_the_docs_exists(doc: Path) -> None:
+    text = doc.read_text()
+    assert not missing_paths(text), f"{doc.name} names paths the repository does not have"
+    assert not unknown_tests(text), f"{doc.name} names tests that do not exist"
+    assert not broken_links(doc, text), f"{doc.name} has broken links"
+
+
+def test_the_docs_check_sees_a_stale_path_test_or_link() -> None:
+    """Control: each kind of stale mention is caught, the live ones are not."""
+    text = (
+        "`src/qaie/runtime/litert.py`, tests/test_api.py::test_no_such_test, tools/nothing.py, "
+        "`test_enhance`, `test_12_megapixel_photo_stays_under_memory_budget`, test_gone_away, "
+        "[a](docs/results.md#latency-and-memory), [b](docs/results.md#no-such-heading), [c](docs/gone.md), "
+        "[d](https://example.com/x#y)"
+    )
+    assert missing_paths(text) == ["tests/test_api.py::test_no_such_test", "tools/nothing.py", "docs/gone.md"]
+    assert unknown_tests(text) == ["test_gone_away", "test_no_such_test"]
+    assert broken_links(REPO / "README.md", text) == ["docs/results.md#no-such-heading", "docs/gone.md"]
 
 
 # --- help texts --------------------------------------------------------------------------------

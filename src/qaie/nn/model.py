@@ -24,7 +24,7 @@ VARIANTS: dict[str, ModelConfig] = {f"qaie_c{c}": ModelConfig(width=c) for c in 
 class InstanceNorm(nn.Module):
     """Affine instance norm written as mean/sub/mul/rsqrt so it quantizes to integer ops.
 
-    Same math and state dict (``weight``, ``bias``) as ``nn.InstanceNorm2d(c, affine=True)``.
+    Same math and state dict (``weight``, ``bias``) as ``torch.nn.InstanceNorm2d(c, affine=True)``.
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:

@@ -40,7 +40,7 @@ OUTPUT = "enhanced"
 class Stages:
     """The stage graphs of one network at one (static) input size, and how they connect.
 
-    `meta` is plain JSON (see `wholephoto.StagedNetwork`): per stage its input and output
+    `meta` is plain JSON (what `wholephoto.enhance_whole` reads): per stage its input and output
     names; per crossing map its downscale factor and channels; per norm the map it reduces
     and the quantization of each step of the statistics (None for FP32).
     """

@@ -4,7 +4,7 @@ Torch-free (onnxruntime and numpy), like the LiteRT runtime. A file exported by 
 dynamic H and W, so a photo runs in one pass, the network's whole-photo output (`sizes` is
 None for `enhance_image`); a file with a fixed size takes photos of that size, padded or tiled.
 Input and output are NCHW: int8 at the scale and zero point the file's metadata records
-(``qaie.io.scale``, ``qaie.io.zero_point``), or float32 in [0, 1].
+(keys "qaie.io.scale", "qaie.io.zero_point"), or float32 in [0, 1].
 """
 
 from __future__ import annotations

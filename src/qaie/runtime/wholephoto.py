@@ -123,7 +123,7 @@ def norm_statistics(values: np.ndarray, quant: Quant, norm: dict) -> tuple[np.nd
     its scale (mean, x - mean, its square, their mean, + eps, rsqrt), evaluated on the 256
     possible codes weighted by their counts: one pass over the map, and both means are sums of
     integer codes, so every CPU computes the same codes (the quantized reference model computes
-    its statistics here too: `qaie.quant.split.exact_statistics`).
+    its statistics here too: `qaie.quant.reference.exact_statistics`).
     """
     chain = norm["chain"]
     if chain is None:
