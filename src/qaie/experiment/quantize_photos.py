@@ -4,8 +4,8 @@ For the common case of a user with a model (their own, or the paper's release th
 import`) and photos, but not the labelled pairs it was trained on:
 
 1. PTQ: the FP32 network calibrated on the training photos at the size it will run at;
-2. label-free QAT (`--qat-epochs N`, default 0: skipped, since on the official weights it has
-   not yet beaten PTQ; docs/results.md): the fake-quant network, its observers
+2. label-free QAT (`--qat-epochs N`, default 0: skipped, because on the official weights it
+   did not beat PTQ; docs/results.md): the fake-quant network, its observers
    calibrated at that size and frozen, trained to reproduce the FP32 network's own output on
    crops of the training photos (`qaie train --qat --data photos:`, teacher = the FP32 model),
    the checkpoint chosen by fidelity on the validation photos;
