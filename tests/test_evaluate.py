@@ -15,7 +15,7 @@ from qaie.data.datasets import VAL_SEED, make_dataset
 from qaie.experiment.evaluate import evaluate, predictor_for
 from qaie.nn.metrics import CONVENTION, psnr, ssim
 from qaie.nn.model import EnhanceNet
-from qaie.quant.checkpoint import save_model
+from qaie.quant.checkpoint import load_model, save_model
 
 KEYS = {"psnr", "ssim", "input_psnr", "input_ssim", "n_images", "convention", "data", "split", "model"}
 
@@ -58,6 +58,11 @@ def test_cli_json_has_the_keys_and_the_input_baseline(
     targets = torch.stack([val[i][1] for i in range(len(val))])
     assert result["input_psnr"] == pytest.approx(psnr(inputs, targets).mean().item(), abs=1e-4)
     assert result["input_ssim"] == pytest.approx(ssim(inputs, targets).mean().item(), abs=1e-5)
+    # The model's: its outputs on the same inputs, scored here.
+    with torch.no_grad():
+        outputs = load_model(checkpoint).net(inputs).clamp(0, 1)
+    assert result["psnr"] == pytest.approx(psnr(outputs, targets).mean().item(), abs=1e-3)
+    assert result["ssim"] == pytest.approx(ssim(outputs, targets).mean().item(), abs=1e-4)
     printed = capsys.readouterr().out
     assert "baseline" in printed and CONVENTION in printed
 
