@@ -18,7 +18,6 @@ torch-free `qaie.runtime`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -32,15 +31,19 @@ import torch
 from torch import Tensor
 from torch.fx import GraphModule
 
-from qaie.atomic import atomic_path, check_writable, write_text_atomic
-from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.nn.model import EnhanceNet
-from qaie.quant import quantize
 from qaie.quant.export import signature_name  # a .pte method is named as a .tflite signature
-from qaie.runtime.litert import check_pixels, sidecar_path
-from qaie.versions import package_versions
+from qaie.quant.export_base import (
+    check_outputs,
+    common_sidecar,
+    export_sizes,
+    io_summary,
+    source_for,
+    write_export,
+)
+from qaie.runtime.litert import check_pixels
 
 INSTALL_HINT = "ExecuTorch needs the executorch extra: pip install 'qaie[executorch]'"
 _METHOD = re.compile(r"enhance_(\d+)x(\d+)")
@@ -58,12 +61,15 @@ class PteExportResult:
     seconds: float
     ops: PteOpTable
 
+    def summary(self) -> list[str]:
+        """What `qaie export` prints below its `wrote` line."""
+        return [f"  methods {', '.join(self.methods)}; {io_summary(self.io)}"]
+
 
 def check_pte_output(out: Path, overwrite: bool = True) -> None:
     """Fail before any work if the executorch extra is missing or `out` or its sidecar cannot be written."""
     _lowering()
-    check_writable(out, overwrite)
-    check_writable(sidecar_path(out), overwrite)
+    check_outputs(out, overwrite)
 
 
 def _lowering():  # -> (to_edge_transform_and_lower, XnnpackPartitioner)
@@ -105,38 +111,22 @@ def export_pte(
     from torchao.quantization.pt2e.constant_fold import constant_fold
     from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
 
-    from qaie.quant.calibrate import quantized_graph
-
     to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
     out = Path(out)
     check_pte_output(out)
-    sizes = list(dict.fromkeys(tuple(s) for s in sizes))
-    if not sizes:
-        raise QaieError("no export size given; pass --size HxW[,HxW...]")
-    start = time.perf_counter()
+    sizes = export_sizes(sizes)
+    net = source_for(fmt, source, calibration)
     programs = {}
-    if fmt == "fp32":
-        if not isinstance(source, EnhanceNet):
-            raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
-        quant, config = None, source.config
-        for size in sizes:
-            programs[signature_name(size)] = torch.export.export(source.eval(), (torch.rand(1, 3, *size),))
-    elif fmt == "int8":
-        prepared = quantized_graph(source, calibration)
-        config, quant = quantize.graph_info(prepared)
-        for size in sizes:
-            example = torch.rand(1, 3, *size)
-            static = quantize.convert(quantize.reprepare(prepared, example, dynamic=False))
+    for size in sizes:
+        example = torch.rand(1, 3, *size)
+        static = net.at(size)
+        if net.prepared is not None:
             _vector_scalars(static)
             constant_fold(static, _quant_node_constraint)  # int8 weights: what XNNPACK delegates
             static.recompile()
-            programs[signature_name(size)] = torch.export.export(static, (example,))
-    else:
-        raise QaieError(f"format {fmt!r}: expected fp32 or int8")
+        programs[signature_name(size)] = torch.export.export(static, (example,))
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     data = edge.to_executorch().buffer
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(data)
     io = {
         "layout": "NCHW",
         "dtype": "float32",
@@ -145,31 +135,22 @@ def export_pte(
         "input": "image",
         "output": "enhanced",
     }
-    result = PteExportResult(
-        out, sidecar_path(out), fmt, quant, list(programs), io, len(data), time.perf_counter() - start,
-        pte_op_table(data),
-    )  # fmt: skip
-    write_text_atomic(
-        result.sidecar, json.dumps(_sidecar(result, config, source_checkpoint), indent=2) + "\n"
+    ops = pte_op_table(data)
+    sidecar = write_export(
+        out,
+        data,
+        lambda _: {
+            **common_sidecar(out, net, io, len(data), source_checkpoint),
+            "runtime": "executorch",
+            "backend": "xnnpack",
+            "methods": list(programs),
+            "ops": ops.to_json(),
+        },
+        ("executorch",),
     )
-    return result
-
-
-def _sidecar(result: PteExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
-    return {
-        "file": result.path.name,
-        "runtime": "executorch",
-        "backend": "xnnpack",
-        "format": result.format,
-        "quant": result.quant,
-        "model_config": to_dict(config),
-        "methods": result.methods,
-        "io": result.io,
-        "file_bytes": result.file_bytes,
-        "ops": result.ops.to_json(),
-        "source_checkpoint": source_checkpoint,
-        "versions": package_versions("qaie", "torch", "torchao", "executorch"),
-    }
+    return PteExportResult(
+        out, sidecar, fmt, net.quant, list(programs), io, len(data), time.perf_counter() - net.started, ops
+    )
 
 
 # --- inspecting ----------------------------------------------------------------------------------
