@@ -33,6 +33,7 @@ from torch.fx import GraphModule
 
 from qaie.errors import QaieError
 from qaie.imageio import Size
+from qaie.nativelog import quiet_native_stderr
 from qaie.nn.model import EnhanceNet
 from qaie.quant.export import signature_name  # a .pte method is named as a .tflite signature
 from qaie.quant.export_base import (
@@ -193,13 +194,14 @@ def pte_op_table(data: bytes) -> PteOpTable:
 
 
 def inspect_pte(path: str | os.PathLike) -> PteOpTable:
-    """`qaie inspect F.pte`."""
+    """`qaie inspect F.pte`: a file ExecuTorch's loader takes (`check_pte`), read by its schema."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise QaieError(f"{path}: cannot read ({err.strerror}); give an existing .pte file") from None
     _lowering()
+    check_pte(path)
     try:
         return pte_op_table(data)
     except Exception:  # flatbuffer parsing of a damaged file fails anywhere
@@ -235,18 +237,16 @@ class PteModel:
             from executorch.runtime import Runtime
         except ImportError:
             raise QaieError(INSTALL_HINT) from None
+        check_pte(self.path)
         if num_threads is not None:
             _set_threads(num_threads)
-        try:
+        with quiet_native_stderr():  # ExecuTorch's log lines (cpuinfo, XNNPACK) only with --debug
             self._program = Runtime.get().load_program(self.path)
-        except Exception as err:
-            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            raise QaieError(f"{self.path}: not an ExecuTorch program ({reason})") from None
-        self._methods = {}
-        for name in self._program.method_names:
-            match = _METHOD.fullmatch(name)
-            if match:
-                self._methods[tuple(map(int, match.groups()))] = self._program.load_method(name)
+            self._methods = {}
+            for name in self._program.method_names:
+                match = _METHOD.fullmatch(name)
+                if match:
+                    self._methods[tuple(map(int, match.groups()))] = self._program.load_method(name)
         if not self._methods:
             raise QaieError(f"{self.path}: no enhance_HxW method; export it with `qaie export`")
         self.sizes: tuple[Size, ...] = tuple(sorted(self._methods))
@@ -260,6 +260,66 @@ class PteModel:
         x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)[None].float() / 255
         (y,) = self._methods[tile.shape[:2]].execute([x.contiguous()])
         return (y[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# Loads the program and every method in a child process: ExecuTorch's Python bindings send its
+# C++ log to Python's sys.stderr, and a log line quoting the bytes of a damaged file (a bad
+# program or XNNPACK identifier, say) is not UTF-8: pybind11 then throws inside a destructor
+# and the process aborts (`terminate called after throwing ... error_already_set`). A child
+# that dies of it costs nothing but the probe.
+_PROBE = """
+import sys
+import torch
+from executorch.extension.pybindings import _C
+try:
+    program = _C._load_program(sys.argv[1], program_verification=_C.Verification.InternalConsistency)
+    for i in range(program.num_methods()):
+        program.load_method(program.get_method_name(i))
+except Exception as err:
+    print((str(err).strip().splitlines() or [type(err).__name__])[0][:160])
+    sys.exit(1)
+"""
+_IDENTIFIER = b"ET"  # bytes 4..5 of every ExecuTorch flatbuffer ("ET12" for this schema)
+_EXTENDED_HEADER = b"eh00"  # bytes 8..11: header length, program size, segment offset and size
+
+
+def check_pte(path: Path) -> None:
+    """One-line QaieError unless `path` is an ExecuTorch program its loader takes: the header
+    (identifier, the sizes the extended header records against the file's), then the
+    program and its methods loaded in a child process (`_PROBE`), so that no file, however
+    damaged, can abort this one."""
+    import struct
+    import subprocess
+    import sys
+
+    head = path.read_bytes()[:40] if path.is_file() else b""
+    size = path.stat().st_size
+    if size == 0:
+        raise QaieError(f"{path}: file is empty (0 bytes); give an exported .pte file")
+    if len(head) < 8 or head[4:6] != _IDENTIFIER:
+        raise QaieError(f"{path}: not an ExecuTorch program (no ET identifier); give an exported .pte file")
+    if head[8:12] == _EXTENDED_HEADER and len(head) >= 36:
+        _, program_size, segment_offset, segment_size = struct.unpack_from("<IQQQ", head, 12)
+        expected = segment_offset + segment_size if segment_size else program_size
+        if size < expected:
+            raise QaieError(
+                f"{path}: truncated ExecuTorch program ({size} of {expected} bytes); export it again"
+            )
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if proc.returncode != 0:
+        said = proc.stdout.strip().splitlines()
+        reason = (
+            said[-1]
+            if said and proc.returncode == 1
+            else f"ExecuTorch's loader aborts on it, status {proc.returncode}"
+        )
+        raise QaieError(f"{path}: corrupt ExecuTorch program ({reason}); export it again")
 
 
 def _set_threads(n: int) -> None:
