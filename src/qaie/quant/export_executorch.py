@@ -238,9 +238,9 @@ class PteModel:
         except ImportError:
             raise QaieError(INSTALL_HINT) from None
         check_pte(self.path)
-        if num_threads is not None:
-            _set_threads(num_threads)
         with quiet_native_stderr():  # ExecuTorch's log lines (cpuinfo, XNNPACK) only with --debug
+            if num_threads is not None:
+                _set_threads(num_threads)
             self._program = Runtime.get().load_program(self.path)
             self._methods = {}
             for name in self._program.method_names:
