@@ -266,11 +266,14 @@ class PteModel:
 # C++ log to Python's sys.stderr, and a log line quoting the bytes of a damaged file (a bad
 # program or XNNPACK identifier, say) is not UTF-8: pybind11 then throws inside a destructor
 # and the process aborts (`terminate called after throwing ... error_already_set`). A child
-# that dies of it costs nothing but the probe.
+# that dies of it costs nothing but the probe (under a second: the bindings load without torch).
 _PROBE = """
 import sys
-import torch
-from executorch.extension.pybindings import _C
+try:
+    from executorch.extension.pybindings import _C
+except ImportError:  # builds whose bindings need libtorch loaded first
+    import torch
+    from executorch.extension.pybindings import _C
 try:
     program = _C._load_program(sys.argv[1], program_verification=_C.Verification.InternalConsistency)
     for i in range(program.num_methods()):
@@ -313,7 +316,7 @@ def check_pte(path: Path) -> None:
         check=False,
     )
     if proc.returncode != 0:
-        said = proc.stdout.strip().splitlines()
+        said = proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines()[-1:]
         reason = (
             said[-1]
             if said and proc.returncode == 1
