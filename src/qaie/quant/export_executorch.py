@@ -35,15 +35,8 @@ from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.nativelog import quiet_native_stderr
 from qaie.nn.model import EnhanceNet
+from qaie.quant import export_base
 from qaie.quant.export import signature_name  # a .pte method is named as a .tflite signature
-from qaie.quant.export_base import (
-    check_outputs,
-    common_sidecar,
-    export_sizes,
-    io_summary,
-    source_for,
-    write_export,
-)
 from qaie.runtime.litert import check_pixels
 
 INSTALL_HINT = "ExecuTorch needs the executorch extra: pip install 'qaie[executorch]'"
@@ -64,13 +57,13 @@ class PteExportResult:
 
     def summary(self) -> list[str]:
         """What `qaie export` prints below its `wrote` line."""
-        return [f"  methods {', '.join(self.methods)}; {io_summary(self.io)}"]
+        return [f"  methods {', '.join(self.methods)}; {export_base.io_summary(self.io)}"]
 
 
 def check_pte_output(out: Path, overwrite: bool = True) -> None:
     """Fail before any work if the executorch extra is missing or `out` or its sidecar cannot be written."""
     _lowering()
-    check_outputs(out, overwrite)
+    export_base.check_outputs(out, overwrite)
 
 
 def _lowering():  # -> (to_edge_transform_and_lower, XnnpackPartitioner)
@@ -115,8 +108,8 @@ def export_pte(
     to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
     out = Path(out)
     check_pte_output(out)
-    sizes = export_sizes(sizes)
-    net = source_for(fmt, source, calibration)
+    sizes = export_base.export_sizes(sizes)
+    net = export_base.source_for(fmt, source, calibration)
     programs = {}
     for size in sizes:
         example = torch.rand(1, 3, *size)
@@ -137,11 +130,11 @@ def export_pte(
         "output": "enhanced",
     }
     ops = pte_op_table(data)
-    sidecar = write_export(
+    sidecar = export_base.write_export(
         out,
         data,
         lambda _: {
-            **common_sidecar(out, net, io, len(data), source_checkpoint),
+            **export_base.common_sidecar(out, net, io, len(data), source_checkpoint),
             "runtime": "executorch",
             "backend": "xnnpack",
             "methods": list(programs),
