@@ -9,6 +9,7 @@ one home of CLI error cases; other test files test what commands do when they su
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -281,7 +282,8 @@ CASES = [
      "qaie evaluate: error: nodir/out.json: folder nodir does not exist"),
     # bench
     ("bench-text-tflite", ["bench", "{text_tflite}"], "qaie bench: error: {text_tflite}: " + NOT_TFLITE),
-    ("bench-ckpt", ["bench", "{ckpt}"], "qaie bench: error: {ckpt}: " + NOT_TFLITE),
+    ("bench-ckpt", ["bench", "{ckpt}"],
+     "qaie bench: error: {ckpt}: not an exported model ('.ckpt'); pass a .tflite, .onnx, .pte file"),
     ("bench-missing", ["bench", "missing.tflite"], "qaie bench: error: missing.tflite: model file not found"),
     ("bench-size-0x5", [*BENCH, "--size", "0x5"], f"qaie bench: error: --size '0x5': {SIZE}"),
     ("bench-size-abc", [*BENCH, "--size", "abc"], f"qaie bench: error: --size 'abc': {SIZE}"),
@@ -607,4 +609,75 @@ def test_real_stderr_is_one_line_in_a_fresh_process(files: dict, tmp_path: Path)
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"qaie export: error: {files['text_ckpt']}: {NOT_CKPT}"]
+    assert _leftovers(tmp_path) == []
+
+
+# --- damaged model files: every format, every command that opens one ------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_files(
+    tmp_path_factory: pytest.TempPathFactory, tiny_net, tiny_tflite: Path, tiny_checkpoint: Path
+) -> dict:
+    """A real file of each format (made once, 32x32) and corrupt, truncated and empty copies.
+
+    Corrupt: a `.pte` with its XNNPACK delegate's flatbuffer identifier flipped (the log line
+    that quotes those bytes once aborted the process), any other file with its first 64 bytes
+    flipped (the identifier or magic number of every format)."""
+    from qaie.quant.export_onnx import export_onnx
+
+    d = tmp_path_factory.mktemp("models")
+    real = {".tflite": tiny_tflite, ".ckpt": tiny_checkpoint, ".onnx": d / "real.onnx"}
+    export_onnx(tiny_net, "fp32", real[".onnx"])
+    if importlib.util.find_spec("executorch") is not None:
+        from qaie.quant.export_executorch import export_pte
+
+        real[".pte"] = d / "real.pte"
+        export_pte(tiny_net, "fp32", [(32, 32)], real[".pte"])
+    files = {}
+    for ext, path in real.items():
+        data = bytearray(path.read_bytes())
+        at = data.find(b"XN01") if ext == ".pte" else 0
+        span = 4 if ext == ".pte" else 64
+        data[at : at + span] = bytes(b ^ 0xFF for b in data[at : at + span])
+        damaged = {"corrupt": bytes(data), "truncated": path.read_bytes()[: len(data) // 2], "empty": b""}
+        for kind, content in damaged.items():
+            files[ext, kind] = d / f"{kind}{ext}"
+            files[ext, kind].write_bytes(content)
+    return files
+
+
+# Every command that opens a model, with the formats it takes: {model} is the damaged file.
+MODEL_COMMANDS = {
+    "enhance": (["enhance", "{photo}", "-o", "out.jpg", "--model", "{model}"], ".tflite .onnx .pte .ckpt"),
+    "evaluate": (["evaluate", "{model}", "--data", "builtin", "--limit", "1", "--crop", "32"], ".tflite .onnx .pte .ckpt"),
+    "parity": (["parity", "{ckpt}", "{model}", "--data", "builtin", "--limit", "1"], ".tflite .onnx .pte"),
+    "parity-ckpt": (["parity", "{model}", "{tflite}", "--data", "builtin", "--limit", "1"], ".ckpt"),
+    "bench": (["bench", "{model}", "--size", "32x32", "--runs", "1", "--warmup", "0"], ".tflite .onnx .pte"),
+    "inspect": (["inspect", "{model}"], ".tflite .onnx .pte"),
+    "import": (["import", "{model}", "--out", "x.ckpt"], ".tflite .ckpt"),
+    "export": (["export", "{model}", "--format", "fp32", "--size", "32x32", "--out", "out.tflite"], ".ckpt"),
+    "quantize": (["quantize", "{model}", "--photos", "{dir}", "--size", "32x32", "--out", "q.tflite"], ".ckpt"),
+}  # fmt: skip
+MODEL_CASES = [
+    (command, ext, kind)
+    for command, (_, exts) in MODEL_COMMANDS.items()
+    for ext in exts.split()
+    for kind in ("corrupt", "truncated", "empty")
+]
+
+
+@pytest.mark.parametrize(("command", "ext", "kind"), MODEL_CASES, ids=["-".join(c) for c in MODEL_CASES])
+def test_a_damaged_model_file_is_one_line_exit_2(
+    command: str, ext: str, kind: str, model_files: dict, files: dict, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    if (ext, kind) not in model_files:
+        pytest.skip("the executorch extra is not installed")
+    monkeypatch.chdir(tmp_path)
+    model = str(model_files[ext, kind])
+    argv = [a.format(**files, model=model) for a in MODEL_COMMANDS[command][0]]
+    code, lines = _run(argv, capsys)
+    assert code == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"qaie {argv[0]}: error: {model}: "), lines
     assert _leftovers(tmp_path) == []

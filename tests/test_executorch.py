@@ -95,3 +95,17 @@ def test_missing_extra_is_one_line(pte_files, monkeypatch):
     monkeypatch.setitem(sys.modules, "executorch.runtime", None)
     with pytest.raises(QaieError, match=r"pip install 'qaie\[executorch\]'"):
         PteModel(pte_files["qat"])
+
+
+def test_cli_bench_times_a_pte_like_the_other_formats(pte_files, capsys):
+    """`qaie bench F.pte`: each exported size and a larger, tiled frame, in fresh processes."""
+    import json
+
+    argv = ["bench", str(pte_files["qat"]), "--size", "64x64,64x128", "--runs", "2", "--warmup", "1"]
+    assert main([*argv, "--json"]) in (0, None)
+    report = json.loads(capsys.readouterr().out)
+    assert report["int8"] is True and report["file_bytes"] == pte_files["qat"].stat().st_size
+    rows = {r["size"]: r for r in report["rows"]}
+    assert (rows["64x64"]["mode"], rows["64x64"]["tiles"]) == ("direct", 1)
+    assert rows["64x128"]["mode"] == "tiled" and rows["64x128"]["tiles"] >= 2
+    assert all(0 < r["min_ms"] <= r["median_ms"] and r["peak_rss_mb"] > 0 for r in rows.values())

@@ -86,8 +86,8 @@ def test_parity(quant_models, onnx_files):
 def test_whole_photo_any_size_matches_tile_none(quant_models, onnx_files):
     """One pass over a photo of any size, off the S/8 grid too: the network on that exact
     photo, which is what `qaie enhance --model CKPT --tile none` computes."""
-    from qaie.runtime.formats import open_deployed
     from qaie.runtime.litert import enhance_image
+    from qaie.runtime.registry import open_deployed
 
     model = open_deployed(onnx_files["qat"], 2)
     assert model.sizes is None and model.stages is None

@@ -1,5 +1,5 @@
 """Latency of each deployed file on one photo-sized frame, in this process: every runtime,
-`.pte` included (`qaie bench` measures `.tflite` and `.onnx` in fresh processes).
+`.pte` included (`qaie bench` measures each in a fresh process).
 
     python tools/runtime_latency.py FILE... [--size 321x481] [--threads 1,2]
 
@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from qaie.quant.deployed import open_deployed
 from qaie.runtime.litert import enhance_image, parse_counts, parse_size
+from qaie.runtime.registry import open_deployed
 
 
 def main() -> None:

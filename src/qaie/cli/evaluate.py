@@ -118,9 +118,10 @@ def _run_parity(args: argparse.Namespace) -> None:
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "bench", help="latency and peak memory of a .tflite (LiteRT) or .onnx (ONNX Runtime); not .pte"
+        "bench",
+        help="latency and peak memory of a .tflite (LiteRT), .onnx (ONNX Runtime) or .pte (ExecuTorch)",
     )
-    p.add_argument("model", metavar="FILE.tflite|FILE.onnx")
+    p.add_argument("model", metavar="FILE.tflite|FILE.onnx|FILE.pte")
     p.add_argument(
         "--size",
         help="frame sizes HxW[,HxW...]; larger than exported = tiled (default: exported; "

@@ -8,8 +8,7 @@ import argparse
 from qaie.data.spec import SPEC_SYNTAX
 from qaie.errors import QaieError
 from qaie.jsonio import dumps
-
-EXPORT_RUNTIMES = {".tflite": "litert", ".onnx": "onnx", ".pte": "executorch"}
+from qaie.runtime import registry
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +29,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         help="the runtime follows the extension; sidecar JSON goes to FILE.EXT.json",
     )
     p.add_argument(
-        "--runtime", choices=tuple(EXPORT_RUNTIMES.values()), help="must agree with --out's extension"
+        "--runtime",
+        choices=tuple(r.name for r in registry.RUNTIMES),
+        help="must agree with --out's extension",
     )
     p.add_argument(
         "--calibrate",
@@ -55,25 +56,23 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_export)
 
 
-def _export_runtime(args: argparse.Namespace) -> str:
+def _export_runtime(args: argparse.Namespace):  # -> registry.Runtime
     """The runtime `qaie export` writes for: --out's extension (other commands tell files by it)."""
     from pathlib import Path
 
-    suffix = Path(args.out).suffix.lower()
-    runtime = EXPORT_RUNTIMES.get(suffix)
+    out = Path(args.out)
+    runtime = registry.find(out)
     if runtime is None:
-        raise QaieError(f"{args.out}: an exported model's name must end in {', '.join(EXPORT_RUNTIMES)}")
-    if args.runtime and args.runtime != runtime:
-        raise QaieError(f"{args.out}: a {suffix} file is for {runtime}, not --runtime {args.runtime}")
-    for flag, given in (("--uint8-io", args.uint8_io), ("--no-stages", args.no_stages)):
-        if given and runtime != "litert":  # the ONNX and ExecuTorch exports have no such option
-            raise QaieError(
-                f"{args.out}: {flag} applies to .tflite exports only; drop it for a {suffix} file"
-            )
-    if runtime == "onnx" and args.size:
-        raise QaieError("--size: an .onnx file takes any size (dynamic H and W); drop --size")
-    if runtime != "onnx" and not args.size:
-        raise QaieError(f"--size is required for a {suffix} file (e.g. --size 512x512)")
+        raise QaieError(
+            f"{out}: an exported model's name must end in {', '.join(registry.DEPLOYED_SUFFIXES)}"
+        )
+    if args.runtime and args.runtime != runtime.name:
+        raise QaieError(f"{out}: a {out.suffix} file is for {runtime.name}, not --runtime {args.runtime}")
+    runtime.refuse_options(out, {registry.UINT8_IO: args.uint8_io, registry.NO_STAGES: args.no_stages})
+    if registry.SIZE not in runtime.options and args.size:
+        raise QaieError(f"--size: an {out.suffix} file takes any size (dynamic H and W); drop --size")
+    if registry.SIZE in runtime.options and not args.size:
+        raise QaieError(f"--size is required for a {out.suffix} file (e.g. --size 512x512)")
     return runtime
 
 
@@ -81,43 +80,27 @@ def _run_export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.quant.checkpoint import load_model
-    from qaie.quant.export import check_output, export_tflite
     from qaie.runtime.litert import parse_sizes
 
     runtime = _export_runtime(args)
-    if runtime != "litert":
-        _run_export_other(args, runtime)
-        return
     out = Path(args.out)
-    check_output(out, args.overwrite)
-    sizes = parse_sizes(args.size, "--size")
+    runtime.check_output(out, args.overwrite)
+    sizes = parse_sizes(args.size, "--size") if args.size else None
     loaded = load_model(args.checkpoint)
-    result = export_tflite(
+    result = runtime.export(
         loaded.net,
         args.format,
-        sizes,
         out,
-        uint8_io=args.uint8_io,
+        sizes=sizes,
         calibration=_calibration(args, loaded),
         source_checkpoint=str(args.checkpoint),
-        stages=not args.no_stages,
+        **{registry.UINT8_IO: args.uint8_io, registry.NO_STAGES: args.no_stages},
     )
     kind = f"int8 ({result.quant})" if result.quant else "fp32"
     print(
         f"wrote {result.path} ({kind}, {result.file_bytes} bytes, {result.seconds:.1f} s) and {result.sidecar}"
     )
-    print(f"  signatures: {', '.join(result.signatures)}")
-    if result.stages:
-        print(
-            f"  stages: {len(result.stages['stages'])} per size (whole-photo output in windows of each size)"
-        )
-    io = result.io
-    q = f" scale {io['scale']:.8g} zero point {io['zero_point']}" if io["scale"] else ""
-    print(f"  I/O: {io['input']} -> {io['output']}, (1, H, W, 3) {io['layout']} {io['dtype']}{q}")
-    print(
-        f"  ops: {result.ops.total_ops}, float {result.ops.float_ops}, quantize {result.ops.quantize_ops}"
-        f" (requantize {result.ops.requantize_ops}), dequantize {result.ops.dequantize_ops}"
-    )
+    print("\n".join(result.summary()))
 
 
 def _calibration(args: argparse.Namespace, loaded):  # -> list[Tensor] | None
@@ -131,42 +114,6 @@ def _calibration(args: argparse.Namespace, loaded):  # -> list[Tensor] | None
 
     crop = parse_size(args.calibrate_crop, "--calibrate-crop")
     return calibration_batches(args.calibrate, images=args.calibrate_images, crop=crop)
-
-
-def _run_export_other(args: argparse.Namespace, runtime: str) -> None:
-    """`qaie export` to ONNX (any size) or ExecuTorch (one method per --size)."""
-    from pathlib import Path
-
-    from qaie.quant.checkpoint import load_model
-
-    out = Path(args.out)
-    if runtime == "onnx":
-        from qaie.quant.export_onnx import check_onnx_output, export_onnx
-
-        check_onnx_output(out, args.overwrite)
-        loaded = load_model(args.checkpoint)
-        result = export_onnx(
-            loaded.net, args.format, out, calibration=_calibration(args, loaded),
-            source_checkpoint=str(args.checkpoint),
-        )  # fmt: skip
-        sizes = "any size (dynamic H, W)"
-    else:
-        from qaie.quant.export_executorch import check_pte_output, export_pte
-        from qaie.runtime.litert import parse_sizes
-
-        check_pte_output(out, args.overwrite)
-        size_list = parse_sizes(args.size, "--size")
-        loaded = load_model(args.checkpoint)
-        result = export_pte(
-            loaded.net, args.format, size_list, out, calibration=_calibration(args, loaded),
-            source_checkpoint=str(args.checkpoint),
-        )  # fmt: skip
-        sizes = "methods " + ", ".join(result.methods)
-    kind = f"int8 ({result.quant})" if result.quant else "fp32"
-    print(f"wrote {out} ({kind}, {result.file_bytes} bytes, {result.seconds:.1f} s) and {result.sidecar}")
-    io = result.io
-    q = f" scale {io['scale']:.8g} zero point {io['zero_point']}" if io["scale"] else ""
-    print(f"  {sizes}; I/O: {io['input']} -> {io['output']}, {io['layout']} {io['dtype']}{q}")
 
 
 def add_import(sub: argparse._SubParsersAction) -> None:
@@ -226,16 +173,6 @@ def add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> None:
-    from qaie.quant.tflite_ops import format_table, inspect_tflite
-
-    suffix = args.model.lower().rsplit(".", 1)[-1]
-    if suffix == "onnx":
-        from qaie.runtime import onnxrt
-
-        inspect_tflite, format_table = onnxrt.inspect_onnx, onnxrt.format_onnx_table
-    elif suffix == "pte":
-        from qaie.quant import export_executorch
-
-        inspect_tflite, format_table = export_executorch.inspect_pte, export_executorch.format_pte_table
-    table = inspect_tflite(args.model)
-    print(dumps(table.to_json()) if args.json else format_table(table), end="" if args.json else "\n")
+    runtime = registry.find(args.model) or registry.RUNTIMES[0]  # LiteRT's reader says what else it is
+    table = runtime.inspect(args.model)
+    print(dumps(table.to_json()) if args.json else runtime.format_table(table), end="" if args.json else "\n")

@@ -58,8 +58,8 @@ class FidelityResult:
 def tflite_predictor(path: str | os.PathLike) -> Predictor:
     """An exported model (.tflite, .onnx, .pte) in its runtime; inputs rounded to uint8 as a
     camera gives them."""
-    from qaie.quant.deployed import open_deployed
     from qaie.runtime.litert import enhance_image
+    from qaie.runtime.registry import open_deployed
 
     model = open_deployed(path)
 
@@ -73,7 +73,7 @@ def tflite_predictor(path: str | os.PathLike) -> Predictor:
 def predictor_for(path: str | os.PathLike) -> Predictor:
     """The predictor for a model file: an exported file through its runtime, anything else as
     a checkpoint."""
-    from qaie.quant.deployed import is_deployed
+    from qaie.runtime.registry import is_deployed
 
     return tflite_predictor(path) if is_deployed(path) else checkpoint_predictor(path)
 

@@ -98,8 +98,8 @@ def run_parity(
     from qaie.data.datasets import make_dataset
     from qaie.progress import progress
     from qaie.quant.checkpoint import load_model
-    from qaie.quant.deployed import open_deployed
     from qaie.quant.reference import reference_model
+    from qaie.runtime.registry import open_deployed
 
     model = open_deployed(tflite)
     loaded = load_model(checkpoint)

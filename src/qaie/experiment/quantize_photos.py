@@ -31,9 +31,8 @@ from qaie.experiment.train import QAT_LR, TrainConfig, train
 from qaie.imageio import Size
 from qaie.quant.calibrate import calibrate_checkpoint
 from qaie.quant.checkpoint import load_model
+from qaie.runtime import registry
 from qaie.runtime.litert import format_size
-
-SUFFIXES = (".tflite", ".onnx", ".pte")
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,8 @@ class QuantizeConfig:
     test_limit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.out.suffix not in SUFFIXES:
-            raise QaieError(f"{self.out}: the output must end in {', '.join(SUFFIXES)}")
+        if registry.find(self.out) is None:
+            raise QaieError(f"{self.out}: the output must end in {', '.join(registry.DEPLOYED_SUFFIXES)}")
         if self.qat_epochs < 0:
             raise QaieError(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
 
@@ -93,7 +92,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     loaded = load_model(config.checkpoint)
     if loaded.quant is not None:
         raise QaieError(f"{config.checkpoint}: already quantized ({loaded.quant}); give the FP32 checkpoint")
-    _check_out(config.out)
+    registry.runtime(config.out).check_output(config.out, True)
     # every split checked before any work (too few photos, or smaller than --size)
     photos = {
         s: len(make_dataset(config.data, s, crop=config.size, held_out=True))
@@ -131,7 +130,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
         result = train(loaded.config, qat, run, resume=(run / "last.ckpt").exists())
         chosen = result.best
         minutes["qat"] = (time.perf_counter() - started) / 60
-        ptq_file = config.work / f"ptq{config.out.suffix}"
+        ptq_file = (config.work / config.out.name).with_stem("ptq")
         export_file(ptq, ptq_file, config.size)
         ptq_fidelity = file_fidelity(ptq_file, config)
 
@@ -145,33 +144,12 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     return QuantizeResult(config.out, chosen, fidelity, parity, ptq_fidelity, minutes)
 
 
-def _check_out(out: Path) -> None:
-    if out.suffix == ".tflite":
-        from qaie.quant.export import check_output
-    elif out.suffix == ".onnx":
-        from qaie.quant.export_onnx import check_onnx_output as check_output
-    else:
-        from qaie.quant.export_executorch import check_pte_output as check_output
-    check_output(out, True)
-
-
 def export_file(checkpoint: Path, out: Path, size: Size) -> None:
     """A QAT/PTQ checkpoint as an INT8 file of `out`'s format, at `size` (.tflite with its
     whole-photo stages, .pte one method; .onnx takes any size)."""
-    net = load_model(checkpoint).net
-    source = str(checkpoint)
-    if out.suffix == ".tflite":
-        from qaie.quant.export import export_tflite
-
-        export_tflite(net, "int8", [size], out, source_checkpoint=source)
-    elif out.suffix == ".onnx":
-        from qaie.quant.export_onnx import export_onnx
-
-        export_onnx(net, "int8", out, source_checkpoint=source)
-    else:
-        from qaie.quant.export_executorch import export_pte
-
-        export_pte(net, "int8", [size], out, source_checkpoint=source)
+    runtime = registry.runtime(out)
+    sizes = [size] if registry.SIZE in runtime.options else None
+    runtime.export(load_model(checkpoint).net, "int8", out, sizes=sizes, source_checkpoint=str(checkpoint))
 
 
 def file_fidelity(path: Path, config: QuantizeConfig) -> FidelityResult:

@@ -32,25 +32,28 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.fx import GraphModule
 
-from qaie.atomic import atomic_path, check_writable, write_text_atomic
-from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
 from qaie.imageio import Size
-from qaie.jsonio import dumps
 from qaie.nativelog import quiet_native_stderr
 from qaie.nn.model import EnhanceNet
-from qaie.quant import calibrate, quantize, split
+from qaie.quant import quantize, split
+from qaie.quant.export_base import (
+    Format,
+    check_outputs,
+    common_sidecar,
+    export_sizes,
+    io_summary,
+    source_for,
+    write_export,
+)
 from qaie.quant.tflite_ops import OpTable, inspect_tflite
-from qaie.runtime.litert import sidecar_path
+from qaie.runtime import registry
 from qaie.runtime.wholephoto import is_window
-
-Format = Literal["fp32", "int8"]
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "enhanced"
@@ -74,6 +77,21 @@ class ExportResult:
     seconds: float
     ops: OpTable
     stages: dict | None  # qaie.quant.split meta: how the stage signatures connect (None: none)
+
+    def summary(self) -> list[str]:
+        """What `qaie export` prints below its `wrote` line."""
+        lines = [f"  signatures: {', '.join(self.signatures)}"]
+        if self.stages:
+            lines.append(
+                f"  stages: {len(self.stages['stages'])} per size (whole-photo output in windows of each size)"
+            )
+        ops = self.ops
+        return [
+            *lines,
+            "  " + io_summary(self.io, "(1, H, W, 3) "),
+            f"  ops: {ops.total_ops}, float {ops.float_ops}, quantize {ops.quantize_ops}"
+            f" (requantize {ops.requantize_ops}), dequantize {ops.dequantize_ops}",
+        ]
 
 
 class _NhwcIo(nn.Module):
@@ -275,32 +293,12 @@ def _convert(signatures: dict[str, tuple[nn.Module, dict[str, Tensor]]], int8: b
             return converter.convert().model_content()
 
 
-def _whole_sample(size: Size) -> dict[str, Tensor]:
-    return {INPUT_NAME: torch.rand(1, *size, 3)}
-
-
-def _int8_graphs(
-    source: EnhanceNet | GraphModule, sizes: list[Size], calibration: Iterable[Tensor] | None, stages: bool
-) -> tuple[dict[str, tuple[nn.Module, dict]], str, ModelConfig, dict | None]:
-    prepared = calibrate.quantized_graph(source, calibration)
-    config, mode = quantize.graph_info(prepared)
-    graphs, meta = {}, None
-    for size in sizes:  # converted graphs have fixed shapes: one per size, same quant params
-        static = quantize.convert(quantize.reprepare(prepared, torch.rand(1, 3, *size), dynamic=False))
-        graphs[signature_name(size)] = (_NhwcIo(static), _whole_sample(size))
-        if stages and is_window(size):
-            stage_graphs, meta = _stage_graphs(static, size)
-            graphs |= stage_graphs
-    return graphs, mode, config, meta
-
-
 def check_output(out: Path, overwrite: bool = True) -> None:
     """Fail before any work if `out` or its sidecar cannot be written (or exist, unless
     `overwrite`), or `out` does not end in .tflite (`qaie enhance` tells models by it)."""
-    if out.suffix != ".tflite":
+    if registry.find(out) is not registry.by_name("litert"):
         raise QaieError(f"{out}: an exported model's name must end in .tflite")
-    check_writable(out, overwrite)
-    check_writable(sidecar_path(out), overwrite)
+    check_outputs(out, overwrite)
 
 
 def export_tflite(
@@ -333,30 +331,24 @@ def export_tflite(
     """
     out = Path(out)
     check_output(out)
-    sizes = list(dict.fromkeys(tuple(s) for s in sizes))
-    if not sizes:
-        raise QaieError("no export size given; pass --size HxW[,HxW...]")
-    if fmt not in ("fp32", "int8"):
-        raise QaieError(f"format {fmt!r}: expected fp32 or int8")
-    if uint8_io and fmt != "int8":
+    sizes = export_sizes(sizes)
+    if fmt == "fp32" and uint8_io:
         raise QaieError("--uint8-io applies to INT8 exports only")
-    start = time.perf_counter()
-
-    if fmt == "fp32":
-        if not isinstance(source, EnhanceNet):
-            raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
-        net, quant, config = copy.deepcopy(source).eval(), None, source.config
-        graphs, meta = {}, None
-        for size in sizes:
-            graphs[signature_name(size)] = (_NhwcIo(net), _whole_sample(size))
-            if stages and is_window(size):
-                stage_graphs, meta = _stage_graphs(split.static_graph(net, size), size)
-                graphs |= stage_graphs
+    net = source_for(fmt, source, calibration)
+    graphs, meta = {}, None
+    for size in sizes:  # converted graphs have fixed shapes: one per size, same quant params
+        static = net.at(size)
+        graphs[signature_name(size)] = (_NhwcIo(static), {INPUT_NAME: torch.rand(1, *size, 3)})
+        if stages and is_window(size):
+            stage_graphs, meta = _stage_graphs(
+                static if net.prepared else split.static_graph(static, size), size
+            )
+            graphs |= stage_graphs
+    if net.fmt == "fp32":
         with torch.no_grad():
             model_bytes = _convert(graphs, int8=False)
         io = {"dtype": "float32", "scale": None, "zero_point": None}
     else:
-        graphs, quant, config, meta = _int8_graphs(source, sizes, calibration, stages)
         io_dtype = "uint8" if uint8_io else "int8"
         model_bytes = _xnnpack_friendly(_integer_io(_convert(graphs, int8=True), io_dtype))
         io = {
@@ -364,51 +356,33 @@ def export_tflite(
             "scale": quantize.IO_SCALE,
             "zero_point": quantize.IO_ZERO_POINT + (128 if uint8_io else 0),
         }
+    io = {"layout": "NHWC", "input": INPUT_NAME, "output": OUTPUT_NAME, **io}
+    tables: list[OpTable] = []
 
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(model_bytes)
-        ops = inspect_tflite(tmp)
-    seconds = time.perf_counter() - start
-    signatures = [signature_name(s) for s in sizes]
-    result = ExportResult(
+    def sidecar(written: Path) -> dict:
+        tables.append(inspect_tflite(written))
+        ops = tables[0]
+        return {
+            **common_sidecar(out, net, io, len(model_bytes), source_checkpoint),
+            "signatures": [{"name": signature_name(s), "height": s[0], "width": s[1]} for s in sizes],
+            "stages": meta,
+            "float_ops": ops.float_ops,
+            "quantize_ops": ops.quantize_ops,
+            "requantize_ops": ops.requantize_ops,
+            "dequantize_ops": ops.dequantize_ops,
+        }
+
+    side = write_export(out, model_bytes, sidecar, ("litert-torch", "ai-edge-litert"))
+    return ExportResult(
         path=out,
-        sidecar=sidecar_path(out),
+        sidecar=side,
         format=fmt,
-        quant=quant,
+        quant=net.quant,
         sizes=sizes,
-        signatures=signatures,
-        io={"layout": "NHWC", "input": INPUT_NAME, "output": OUTPUT_NAME, **io},
+        signatures=[signature_name(s) for s in sizes],
+        io=io,
         file_bytes=len(model_bytes),
-        seconds=seconds,
-        ops=ops,
+        seconds=time.perf_counter() - net.started,
+        ops=tables[0],
         stages=meta,
     )
-    write_text_atomic(result.sidecar, dumps(_sidecar(result, config, source_checkpoint)))
-    return result
-
-
-def _sidecar(result: ExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
-    from qaie.versions import package_versions
-
-    return {
-        "file": result.path.name,
-        "format": result.format,
-        "quant": result.quant,
-        "model_config": to_dict(config),
-        "signatures": [
-            {"name": name, "height": h, "width": w}
-            for name, (h, w) in zip(result.signatures, result.sizes, strict=True)
-        ],
-        "io": result.io,
-        "stages": result.stages,
-        "file_bytes": result.file_bytes,
-        "float_ops": result.ops.float_ops,
-        "quantize_ops": result.ops.quantize_ops,
-        "requantize_ops": result.ops.requantize_ops,
-        "dequantize_ops": result.ops.dequantize_ops,
-        "source_checkpoint": source_checkpoint,
-        "versions": package_versions(*_VERSION_KEYS),
-    }
-
-
-_VERSION_KEYS = ("qaie", "torch", "torchao", "litert-torch", "ai-edge-litert")

@@ -18,7 +18,6 @@ torch-free `qaie.runtime`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -32,15 +31,13 @@ import torch
 from torch import Tensor
 from torch.fx import GraphModule
 
-from qaie.atomic import atomic_path, check_writable, write_text_atomic
-from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
 from qaie.imageio import Size
+from qaie.nativelog import quiet_native_stderr
 from qaie.nn.model import EnhanceNet
-from qaie.quant import quantize
+from qaie.quant import export_base
 from qaie.quant.export import signature_name  # a .pte method is named as a .tflite signature
-from qaie.runtime.litert import check_pixels, sidecar_path
-from qaie.versions import package_versions
+from qaie.runtime.litert import check_pixels
 
 INSTALL_HINT = "ExecuTorch needs the executorch extra: pip install 'qaie[executorch]'"
 _METHOD = re.compile(r"enhance_(\d+)x(\d+)")
@@ -58,12 +55,15 @@ class PteExportResult:
     seconds: float
     ops: PteOpTable
 
+    def summary(self) -> list[str]:
+        """What `qaie export` prints below its `wrote` line."""
+        return [f"  methods {', '.join(self.methods)}; {export_base.io_summary(self.io)}"]
+
 
 def check_pte_output(out: Path, overwrite: bool = True) -> None:
     """Fail before any work if the executorch extra is missing or `out` or its sidecar cannot be written."""
     _lowering()
-    check_writable(out, overwrite)
-    check_writable(sidecar_path(out), overwrite)
+    export_base.check_outputs(out, overwrite)
 
 
 def _lowering():  # -> (to_edge_transform_and_lower, XnnpackPartitioner)
@@ -105,38 +105,22 @@ def export_pte(
     from torchao.quantization.pt2e.constant_fold import constant_fold
     from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
 
-    from qaie.quant.calibrate import quantized_graph
-
     to_edge_transform_and_lower, XnnpackPartitioner = _lowering()
     out = Path(out)
     check_pte_output(out)
-    sizes = list(dict.fromkeys(tuple(s) for s in sizes))
-    if not sizes:
-        raise QaieError("no export size given; pass --size HxW[,HxW...]")
-    start = time.perf_counter()
+    sizes = export_base.export_sizes(sizes)
+    net = export_base.source_for(fmt, source, calibration)
     programs = {}
-    if fmt == "fp32":
-        if not isinstance(source, EnhanceNet):
-            raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
-        quant, config = None, source.config
-        for size in sizes:
-            programs[signature_name(size)] = torch.export.export(source.eval(), (torch.rand(1, 3, *size),))
-    elif fmt == "int8":
-        prepared = quantized_graph(source, calibration)
-        config, quant = quantize.graph_info(prepared)
-        for size in sizes:
-            example = torch.rand(1, 3, *size)
-            static = quantize.convert(quantize.reprepare(prepared, example, dynamic=False))
+    for size in sizes:
+        example = torch.rand(1, 3, *size)
+        static = net.at(size)
+        if net.prepared is not None:
             _vector_scalars(static)
             constant_fold(static, _quant_node_constraint)  # int8 weights: what XNNPACK delegates
             static.recompile()
-            programs[signature_name(size)] = torch.export.export(static, (example,))
-    else:
-        raise QaieError(f"format {fmt!r}: expected fp32 or int8")
+        programs[signature_name(size)] = torch.export.export(static, (example,))
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     data = edge.to_executorch().buffer
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(data)
     io = {
         "layout": "NCHW",
         "dtype": "float32",
@@ -145,31 +129,22 @@ def export_pte(
         "input": "image",
         "output": "enhanced",
     }
-    result = PteExportResult(
-        out, sidecar_path(out), fmt, quant, list(programs), io, len(data), time.perf_counter() - start,
-        pte_op_table(data),
-    )  # fmt: skip
-    write_text_atomic(
-        result.sidecar, json.dumps(_sidecar(result, config, source_checkpoint), indent=2) + "\n"
+    ops = pte_op_table(data)
+    sidecar = export_base.write_export(
+        out,
+        data,
+        lambda _: {
+            **export_base.common_sidecar(out, net, io, len(data), source_checkpoint),
+            "runtime": "executorch",
+            "backend": "xnnpack",
+            "methods": list(programs),
+            "ops": ops.to_json(),
+        },
+        ("executorch",),
     )
-    return result
-
-
-def _sidecar(result: PteExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
-    return {
-        "file": result.path.name,
-        "runtime": "executorch",
-        "backend": "xnnpack",
-        "format": result.format,
-        "quant": result.quant,
-        "model_config": to_dict(config),
-        "methods": result.methods,
-        "io": result.io,
-        "file_bytes": result.file_bytes,
-        "ops": result.ops.to_json(),
-        "source_checkpoint": source_checkpoint,
-        "versions": package_versions("qaie", "torch", "torchao", "executorch"),
-    }
+    return PteExportResult(
+        out, sidecar, fmt, net.quant, list(programs), io, len(data), time.perf_counter() - net.started, ops
+    )
 
 
 # --- inspecting ----------------------------------------------------------------------------------
@@ -212,13 +187,14 @@ def pte_op_table(data: bytes) -> PteOpTable:
 
 
 def inspect_pte(path: str | os.PathLike) -> PteOpTable:
-    """`qaie inspect F.pte`."""
+    """`qaie inspect F.pte`: a file ExecuTorch's loader takes (`check_pte`), read by its schema."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise QaieError(f"{path}: cannot read ({err.strerror}); give an existing .pte file") from None
     _lowering()
+    check_pte(path)
     try:
         return pte_op_table(data)
     except Exception:  # flatbuffer parsing of a damaged file fails anywhere
@@ -254,18 +230,16 @@ class PteModel:
             from executorch.runtime import Runtime
         except ImportError:
             raise QaieError(INSTALL_HINT) from None
-        if num_threads is not None:
-            _set_threads(num_threads)
-        try:
+        check_pte(self.path)
+        with quiet_native_stderr():  # ExecuTorch's log lines (cpuinfo, XNNPACK) only with --debug
+            if num_threads is not None:
+                _set_threads(num_threads)
             self._program = Runtime.get().load_program(self.path)
-        except Exception as err:
-            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            raise QaieError(f"{self.path}: not an ExecuTorch program ({reason})") from None
-        self._methods = {}
-        for name in self._program.method_names:
-            match = _METHOD.fullmatch(name)
-            if match:
-                self._methods[tuple(map(int, match.groups()))] = self._program.load_method(name)
+            self._methods = {}
+            for name in self._program.method_names:
+                match = _METHOD.fullmatch(name)
+                if match:
+                    self._methods[tuple(map(int, match.groups()))] = self._program.load_method(name)
         if not self._methods:
             raise QaieError(f"{self.path}: no enhance_HxW method; export it with `qaie export`")
         self.sizes: tuple[Size, ...] = tuple(sorted(self._methods))
@@ -279,6 +253,69 @@ class PteModel:
         x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)[None].float() / 255
         (y,) = self._methods[tile.shape[:2]].execute([x.contiguous()])
         return (y[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# Loads the program and every method in a child process: ExecuTorch's Python bindings send its
+# C++ log to Python's sys.stderr, and a log line quoting the bytes of a damaged file (a bad
+# program or XNNPACK identifier, say) is not UTF-8: pybind11 then throws inside a destructor
+# and the process aborts (`terminate called after throwing ... error_already_set`). A child
+# that dies of it costs nothing but the probe (under a second: the bindings load without torch).
+_PROBE = """
+import sys
+try:
+    from executorch.extension.pybindings import _C
+except ImportError:  # builds whose bindings need libtorch loaded first
+    import torch
+    from executorch.extension.pybindings import _C
+try:
+    program = _C._load_program(sys.argv[1], program_verification=_C.Verification.InternalConsistency)
+    for i in range(program.num_methods()):
+        program.load_method(program.get_method_name(i))
+except Exception as err:
+    print((str(err).strip().splitlines() or [type(err).__name__])[0][:160])
+    sys.exit(1)
+"""
+_IDENTIFIER = b"ET"  # bytes 4..5 of every ExecuTorch flatbuffer ("ET12" for this schema)
+_EXTENDED_HEADER = b"eh00"  # bytes 8..11: header length, program size, segment offset and size
+
+
+def check_pte(path: Path) -> None:
+    """One-line QaieError unless `path` is an ExecuTorch program its loader takes: the header
+    (identifier, the sizes the extended header records against the file's), then the
+    program and its methods loaded in a child process (`_PROBE`), so that no file, however
+    damaged, can abort this one."""
+    import struct
+    import subprocess
+    import sys
+
+    head = path.read_bytes()[:40] if path.is_file() else b""
+    size = path.stat().st_size
+    if size == 0:
+        raise QaieError(f"{path}: file is empty (0 bytes); give an exported .pte file")
+    if len(head) < 8 or head[4:6] != _IDENTIFIER:
+        raise QaieError(f"{path}: not an ExecuTorch program (no ET identifier); give an exported .pte file")
+    if head[8:12] == _EXTENDED_HEADER and len(head) >= 36:
+        _, program_size, segment_offset, segment_size = struct.unpack_from("<IQQQ", head, 12)
+        expected = segment_offset + segment_size if segment_size else program_size
+        if size < expected:
+            raise QaieError(
+                f"{path}: truncated ExecuTorch program ({size} of {expected} bytes); export it again"
+            )
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        check=False,
+    )
+    if proc.returncode != 0:
+        said = proc.stdout.strip().splitlines() or proc.stderr.strip().splitlines()[-1:]
+        reason = (
+            said[-1]
+            if said and proc.returncode == 1
+            else f"ExecuTorch's loader aborts on it, status {proc.returncode}"
+        )
+        raise QaieError(f"{path}: corrupt ExecuTorch program ({reason}); export it again")
 
 
 def _set_threads(n: int) -> None:

@@ -27,7 +27,6 @@ op counts, versions and the source checkpoint. Both are written atomically.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -40,15 +39,12 @@ from torch import Tensor
 from torch.export import Dim
 from torch.fx import GraphModule
 
-from qaie.atomic import atomic_path, check_writable, write_text_atomic
-from qaie.config import ModelConfig, to_dict
 from qaie.errors import QaieError
 from qaie.nativelog import quiet_loggers
 from qaie.nn.model import EnhanceNet
-from qaie.quant import calibrate, quantize
-from qaie.runtime.litert import sidecar_path
+from qaie.quant import quantize
+from qaie.quant.export_base import check_outputs, common_sidecar, io_summary, source_for, write_export
 from qaie.runtime.onnxrt import INPUT_NAME, INSTALL_HINT, IO_META, OUTPUT_NAME, onnx_op_table
-from qaie.versions import package_versions
 
 OPSET = 21
 _MAX_SIDE = 1 << 14
@@ -66,6 +62,10 @@ class OnnxExportResult:
     seconds: float
     ops: dict[str, int]  # ONNX op type -> count, in the file
 
+    def summary(self) -> list[str]:
+        """What `qaie export` prints below its `wrote` line."""
+        return [f"  any size (dynamic H, W); {io_summary(self.io)}"]
+
 
 def check_onnx_output(out: Path, overwrite: bool = True) -> None:
     """Fail before any work if the onnx extra is missing, or `out` or its sidecar cannot be
@@ -75,8 +75,7 @@ def check_onnx_output(out: Path, overwrite: bool = True) -> None:
         import onnxscript  # noqa: F401  (torch.onnx's exporter)
     except ImportError:
         raise QaieError(INSTALL_HINT) from None
-    check_writable(out, overwrite)
-    check_writable(sidecar_path(out), overwrite)
+    check_outputs(out, overwrite)
 
 
 def export_onnx(
@@ -100,38 +99,38 @@ def export_onnx(
 
     out = Path(out)
     check_onnx_output(out)
-    start = time.perf_counter()
-    if fmt == "fp32":
-        if not isinstance(source, EnhanceNet):
-            raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
-        model = _to_onnx(copy.deepcopy(source).eval())
-        quant, config = None, source.config
+    net = source_for(fmt, source, calibration)
+    if net.fmt == "fp32":
+        model = _to_onnx(net.net)
         io = {"dtype": "float32", "scale": None, "zero_point": None}
-    elif fmt == "int8":
-        prepared = calibrate.quantized_graph(source, calibration)
-        config, quant = quantize.graph_info(prepared)
-        model = _to_onnx(quantize.convert(prepared))
+    else:
+        model = _to_onnx(net.converted())
         _int8_weights(model)
         _int32_biases(model)
         _uint8(model)
         _integer_io(model)
         io = {"dtype": "uint8", "scale": quantize.IO_SCALE, "zero_point": quantize.IO_ZERO_POINT + 128}
-    else:
-        raise QaieError(f"format {fmt!r}: expected fp32 or int8")
     io = {"layout": "NCHW", "input": INPUT_NAME, "output": OUTPUT_NAME, **io}
     for key in ("dtype", "scale", "zero_point"):
         onnx.helper.set_model_props(model, {**_props(model), f"{IO_META}{key}": str(io[key])})
     onnx.checker.check_model(model)
     data = model.SerializeToString()
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(data)
-    result = OnnxExportResult(
-        out, sidecar_path(out), fmt, quant, io, len(data), time.perf_counter() - start, onnx_op_table(model)
+    ops = onnx_op_table(model)
+    sidecar = write_export(
+        out,
+        data,
+        lambda _: {
+            **common_sidecar(out, net, io, len(data), source_checkpoint),
+            "runtime": "onnxruntime",
+            "opset": OPSET,
+            "dynamic_size": True,
+            "ops": dict(Counter(ops).most_common()),
+        },
+        ("onnx", "onnxscript", "onnxruntime"),
     )
-    write_text_atomic(
-        result.sidecar, json.dumps(_sidecar(result, config, source_checkpoint), indent=2) + "\n"
+    return OnnxExportResult(
+        out, sidecar, fmt, net.quant, io, len(data), time.perf_counter() - net.started, ops
     )
-    return result
 
 
 def _props(model) -> dict[str, str]:
@@ -335,20 +334,3 @@ def _toposort(model) -> None:
     nodes = [copy.deepcopy(n) for n in ordered]
     del graph.node[:]
     graph.node.extend(nodes)
-
-
-def _sidecar(result: OnnxExportResult, config: ModelConfig, source_checkpoint: str | None) -> dict:
-    return {
-        "file": result.path.name,
-        "runtime": "onnxruntime",
-        "format": result.format,
-        "quant": result.quant,
-        "model_config": to_dict(config),
-        "opset": OPSET,
-        "dynamic_size": True,
-        "io": result.io,
-        "file_bytes": result.file_bytes,
-        "ops": dict(Counter(result.ops).most_common()),
-        "source_checkpoint": source_checkpoint,
-        "versions": package_versions("qaie", "torch", "torchao", "onnx", "onnxscript", "onnxruntime"),
-    }

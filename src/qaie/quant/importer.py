@@ -12,15 +12,16 @@ import os
 from pathlib import Path
 
 from qaie.errors import QaieError
-from qaie.quant.lightning_import import SUFFIXES, import_lightning
+from qaie.quant.lightning_import import import_lightning
 from qaie.quant.tflite_import import ImportedModel, import_tflite
+from qaie.runtime import registry
 
 
 def is_torch_file(path: Path) -> bool:
     """A name torch files use, or a zip archive (what torch.save writes) under another name."""
     from qaie.quant.checkpoint import ZIP_MAGIC
 
-    if path.suffix.lower() in SUFFIXES:
+    if registry.is_checkpoint_name(path):
         return True
     try:
         with path.open("rb") as f:

@@ -28,7 +28,6 @@ from qaie.nn.model import EnhanceNet
 from qaie.quant.checkpoint import ZIP_MAGIC, load_plain
 from qaie.quant.tflite_import import FUSED, ImportedModel
 
-SUFFIXES = (".ckpt", ".pth", ".pt")
 PREFIX = "model."  # the LightningModule's attribute that holds the network
 WRAPPER = "inner_model."  # an older QAT wrapper their loader also strips
 FAKE_QUANT = ("weight_fake_quant", "activation_post_process")  # QAT state: path components

@@ -1,10 +1,10 @@
-"""Any model file as something that enhances photos: a deployed `.tflite` in LiteRT, or a
-training checkpoint in PyTorch (FP32, or QAT/PTQ as its quantized reference model).
+"""Any model file as something that enhances photos: a deployed file in its runtime
+(`qaie.runtime.registry`), or a training checkpoint in PyTorch (FP32, or QAT/PTQ as its
+quantized reference model).
 
 `open_model` opens any model path for enhancing (`qaie enhance`, `qaie figure`, `qaie.load`);
-other commands dispatch by extension elsewhere (docs/architecture.md lists where). torch is
-imported only when the path is a checkpoint or a `.pte`, so enhancing with a `.tflite` stays
-torch-free.
+which runtime a deployed file gets is the registry's answer. torch is imported only when the
+path is a checkpoint or a `.pte`, so enhancing with a `.tflite` stays torch-free.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.imageio import Size, to_uint8
-from qaie.runtime.litert import TFLiteModel, TileModel
+from qaie.runtime import registry
+from qaie.runtime.litert import TileModel
 from qaie.runtime.models import default_model
 from qaie.runtime.wholephoto import check_window
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 Predictor = Callable[["torch.Tensor"], "torch.Tensor | np.ndarray"]
 
 CHECKPOINT_TILE = (512, 512)  # PyTorch runs any size; windows bound its activation memory
-CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")
 
 
 def open_model(
@@ -47,22 +47,20 @@ def open_model(
     CHECKPOINT_TILE; with `whole`, the whole photo in one pass: the reference), or, when None,
     the shipped model."""
     path = default_model() if path is None else Path(path)
-    if path.suffix.lower() in (".onnx", ".pte"):  # ONNX: any size, the whole photo in one pass
-        from qaie.quant.deployed import open_deployed  # (torch only for .pte)
-
-        return open_deployed(path, num_threads)
-    if path.suffix.lower() == ".tflite":
-        if whole:
+    runtime = registry.find(path)
+    if runtime is not None:
+        if whole and runtime.name == "litert":
             raise QaieError(
                 "--tile none runs a checkpoint on the whole photo in one pass; a .tflite has fixed "
                 "sizes (it computes the whole-photo output in windows by itself)"
             )
-        return TFLiteModel(path, num_threads)
-    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return runtime.open(path, num_threads)
+    if registry.is_checkpoint_name(path):
         return CheckpointModel(path, None if whole else tile or CHECKPOINT_TILE)
     raise QaieError(
-        f"{path}: unknown model type {path.suffix!r}; pass an exported .tflite, .onnx or .pte, or a "
-        f"checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+        f"{path}: unknown model type {path.suffix!r}; pass an exported "
+        f"{', '.join(registry.DEPLOYED_SUFFIXES[:-1])} or {registry.DEPLOYED_SUFFIXES[-1]}, or a "
+        f"checkpoint ({', '.join(registry.CHECKPOINT_SUFFIXES)})"
     )
 
 

@@ -27,23 +27,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from qaie.errors import QaieError
+from qaie.runtime.optable import OpRow, format_rows, op_rows
 
 _FLOAT_TYPES = {"FLOAT16", "FLOAT32", "FLOAT64", "BFLOAT16"}
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class OpRow:
-    """One kind of op: its name, input/output dtypes and how often it occurs."""
-
-    op: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    count: int
-
-    @property
-    def is_float(self) -> bool:
-        return any(t in _FLOAT_TYPES for t in self.inputs + self.outputs)
+def _is_float(op: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> bool:
+    """A floating-point input or output tensor."""
+    return any(t in _FLOAT_TYPES for t in inputs + outputs)
 
 
 @dataclass(frozen=True)
@@ -180,7 +172,7 @@ def _op_table(model) -> OpTable:  # model: schema.Model
             outs = tuple(tensor_dtype(graph, i) for i in op.OutputsAsNumpy() if i >= 0)
             counts[(name, ins, outs)] += 1
             source, target = int(op.Inputs(0)), int(op.Outputs(0))
-            if name == "QUANTIZE" and not OpRow(name, ins, outs, 1).is_float:
+            if name == "QUANTIZE" and not _is_float(name, ins, outs):
                 (in_scale, _), (out_scale, _) = qparams(graph, source), qparams(graph, target)
                 if in_scale and out_scale:
                     requantizations.append(
@@ -210,16 +202,12 @@ def _op_table(model) -> OpTable:  # model: schema.Model
         inputs += [tensor_info(name, graph, sig.Inputs(i)) for i in range(sig.InputsLength())]
         outputs += [tensor_info(name, graph, sig.Outputs(i)) for i in range(sig.OutputsLength())]
 
-    rows = [OpRow(op, ins, outs, n) for (op, ins, outs), n in sorted(counts.items())]
-    return OpTable(rows, signatures, inputs, outputs, requantizations)
+    return OpTable(op_rows(counts, _is_float), signatures, inputs, outputs, requantizations)
 
 
 def format_table(table: OpTable) -> str:
     """Human-readable op table (what `qaie inspect` prints without --json)."""
-    lines = [f"{'count':>5}  {'op':<26} inputs -> outputs"]
-    for r in table.ops:
-        flag = "  [float]" if r.is_float else ""
-        lines.append(f"{r.count:>5}  {r.op:<26} {','.join(r.inputs)} -> {','.join(r.outputs)}{flag}")
+    lines = format_rows(table.ops)
     lines.append(
         f"total_ops: {table.total_ops}  float_ops: {table.float_ops}  quantize_ops: {table.quantize_ops}"
         f" (requantize {table.requantize_ops})  dequantize_ops: {table.dequantize_ops}"

@@ -1,4 +1,5 @@
-"""Latency and memory of an exported model in its runtime (`qaie bench`): LiteRT or ONNX Runtime.
+"""Latency and memory of an exported model in its runtime (`qaie bench`): LiteRT, ONNX Runtime
+or ExecuTorch, whichever `qaie.runtime.registry` gives the file.
 
 Each (frame size, threads) configuration runs in a fresh Python process, so its peak RSS
 (`getrusage` maxrss) belongs to that configuration alone: `peak_rss_mb` is the whole
@@ -39,7 +40,7 @@ import numpy as np
 from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.jsonio import dumps
-from qaie.runtime.formats import open_deployed
+from qaie.runtime import registry
 from qaie.runtime.litert import TFLiteModel, TileModel, choose_tile, enhance_image, format_size, plan_tiles
 from qaie.runtime.wholephoto import choose_window, padded_size, plan_axis
 
@@ -165,7 +166,7 @@ def bench(
     path = Path(path)
     if runs < 1 or warmup < 0:
         raise QaieError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    model = open_deployed(path, num_threads=1)  # fails here, once, on a bad file
+    model = registry.open_deployed(path, num_threads=1)  # fails here, once, on a bad file
     if not sizes and model.sizes is None:
         raise QaieError(f"{path}: takes any frame size; pass --size HxW[,HxW...]")
     rows = []
@@ -386,7 +387,7 @@ def _max_rss_mb() -> float:
 def measure(path: Path, size: Size, threads: int, runs: int, warmup: int) -> BenchRow:
     """Time one configuration in this process (call it in a fresh one for honest memory)."""
     base_mb = _max_rss_mb()
-    model = open_deployed(path, num_threads=threads)
+    model = registry.open_deployed(path, num_threads=threads)
     mode, tile, tiles = frame_mode(model, size)
     frame = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)  # content-independent
     times = []
@@ -416,6 +417,6 @@ if __name__ == "__main__":  # the fresh process of one configuration: prints its
         sys.exit(0)
     model_path, h, w, n_threads, n_runs, n_warmup = sys.argv[1:]
     # (the runtime is imported before the baseline RSS is taken)
-    importlib.import_module("onnxruntime" if model_path.endswith(".onnx") else "ai_edge_litert.interpreter")
+    importlib.import_module(registry.runtime(model_path).native)
     row = measure(Path(model_path), (int(h), int(w)), int(n_threads), int(n_runs), int(n_warmup))
     print(dumps(dataclasses.asdict(row), indent=None), end="")

@@ -21,6 +21,7 @@ import numpy as np
 from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.runtime.litert import PixelCodec, model_file
+from qaie.runtime.optable import OpRow, format_rows, op_rows
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "enhanced"
@@ -118,20 +119,10 @@ def _op_name(node) -> str:
     return f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
 
 
-@dataclass(frozen=True)
-class KernelRow:
-    """One kind of kernel ONNX Runtime ran: op, input/output element types, how often."""
-
-    op: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    count: int
-
-    @property
-    def is_float(self) -> bool:
-        """Computes in float: a float output, or QuantizeLinear (float in); the float scales
-        that integer kernels such as QLinearConv take do not count."""
-        return self.op == "QuantizeLinear" or any(t in _FLOAT for t in self.outputs)
+def _is_float(op: str, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> bool:
+    """Computes in float: a float output, or QuantizeLinear (float in); the float scales that
+    integer kernels such as QLinearConv take do not count."""
+    return op == "QuantizeLinear" or any(t in _FLOAT for t in outputs)
 
 
 @dataclass(frozen=True)
@@ -140,7 +131,7 @@ class OnnxOpTable:
     graph optimizations (QDQ groups fused into integer kernels), with their types."""
 
     file_ops: dict[str, int]
-    kernels: list[KernelRow]
+    kernels: list[OpRow]
     inputs: list[dict]
     outputs: list[dict]
 
@@ -193,7 +184,7 @@ def inspect_onnx(path: str | os.PathLike, size: Size = (64, 64)) -> OnnxOpTable:
             for key in ("input_type_shape", "output_type_shape")
         ]
         counts[(args.get("op_name", "?"), *types)] += 1
-    rows = [KernelRow(op, ins, outs, n) for (op, ins, outs), n in sorted(counts.items())]
+    rows = op_rows(counts, _is_float)
 
     def io(values) -> list[dict]:
         return [
@@ -209,10 +200,7 @@ def format_onnx_table(table: OnnxOpTable) -> str:
     """Human-readable table (what `qaie inspect F.onnx` prints without --json)."""
     lines = ["in the file: " + ", ".join(f"{op} {n}" for op, n in sorted(table.file_ops.items()))]
     lines.append("as ONNX Runtime (CPU) runs it, after fusing QDQ groups:")
-    lines.append(f"{'count':>5}  {'kernel':<26} inputs -> outputs")
-    for r in table.kernels:
-        flag = "  [float]" if r.is_float else ""
-        lines.append(f"{r.count:>5}  {r.op:<26} {','.join(r.inputs)} -> {','.join(r.outputs)}{flag}")
+    lines += format_rows(table.kernels, "kernel")
     lines.append(f"total kernels: {table.total_ops}  float: {table.float_ops}")
     for kind, values in (("input ", table.inputs), ("output", table.outputs)):
         lines += [f"{kind} {v['name']} {v['shape']} {v['dtype']}" for v in values]
