@@ -141,6 +141,14 @@ def test_bad_model_choice_is_400(server: str, files: dict, models: str) -> None:
     assert reply["error"].endswith("pick one or two of the 2 models, by index")
 
 
+def test_port_in_use_is_one_line(server: str) -> None:
+    port = int(server.rsplit(":", 1)[1].strip("/"))
+    with pytest.raises(
+        QaieError, match=rf"^cannot listen on 127\.0\.0\.1:{port} \(Address already in use\)$"
+    ):
+        make_server(ServeConfig(port=port))
+
+
 def test_the_page_loads_nothing_from_the_network() -> None:
     page = PAGE.read_text()
     assert "<script>" in page and "<style>" in page

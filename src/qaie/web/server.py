@@ -45,6 +45,12 @@ class ServeConfig:
     max_upload_mb: float = 50.0
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise QaieError(f"--port {self.port}: expected 0..65535 (0: any free port)")
+        if not self.max_upload_mb > 0:
+            raise QaieError(f"--max-upload-mb {self.max_upload_mb:g}: expected a positive size in MB")
+
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1e6)
