@@ -200,6 +200,12 @@ CASES = [
      "qaie enhance: error: {float_tif}: not an image file Pillow can read"),
     ("enhance-missing", ["enhance", "missing.jpg", "-o", "out.jpg", "--model", "{tflite}"],
      "qaie enhance: error: missing.jpg: no such file or folder"),
+    # serve: checked before it listens
+    ("serve-missing-model", ["serve", "--model", "missing.tflite", "--port", "0"],
+     "qaie serve: error: missing.tflite: model file not found"),
+    ("serve-port", ["serve", "--port", "70000"], "qaie serve: error: --port 70000: expected 0..65535 (0: any free port)"),
+    ("serve-upload-limit", ["serve", "--max-upload-mb", "0", "--port", "0"],
+     "qaie serve: error: --max-upload-mb 0: expected a positive size in MB"),
     # enhance: models
     ("enhance-text-tflite", [*ENHANCE[:4], "--model", "{text_tflite}"],
      "qaie enhance: error: {text_tflite}: " + NOT_TFLITE),

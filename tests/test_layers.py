@@ -24,10 +24,11 @@ MAY_IMPORT = {
     "quant": {"base", "runtime", "nn", "data", "quant"},
     "experiment": {"base", "runtime", "nn", "data", "quant", "experiment"},
     "api": {"base", "runtime", "nn", "quant", "api"},
-    "cli": {"base", "runtime", "nn", "data", "quant", "experiment", "cli"},
+    "web": {"base", "runtime", "nn", "quant", "api", "web"},
+    "cli": {"base", "runtime", "nn", "data", "quant", "experiment", "web", "cli"},
 }
 SUBPACKAGES = ("runtime", "nn", "data", "quant", "experiment")
-TOP = {"cli": "cli", "api": "api"}
+TOP = {"cli": "cli", "api": "api", "web": "web"}
 TORCH = {"torch", "torchao", "lightning", "litert_torch", "torchmetrics"}
 
 

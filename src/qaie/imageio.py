@@ -9,11 +9,13 @@ with a `QaieError` that names the file.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -71,6 +73,17 @@ def read_rgb(
     path = Path(path)
     with _opened(path, max_pixels) as im:
         return _decoded(path, im, min_size)
+
+
+def decode_rgb(
+    data: bytes, name: str, min_size: int = MIN_IMAGE_SIDE, max_pixels: int = MAX_PIXELS
+) -> RGBImage:
+    """An image file's bytes (an upload) decoded as `read_rgb` decodes the file, with the same
+    one-line errors, naming the file `name`."""
+    if not data:
+        raise QaieError(f"{name}: file is empty (0 bytes)")
+    with _pil_opened(name, io.BytesIO(data), max_pixels) as im:
+        return _decoded(name, im, min_size)
 
 
 def from_pil(image: Image.Image, min_size: int = MIN_IMAGE_SIDE) -> RGBImage:
@@ -183,23 +196,31 @@ def _opened(path: Path, max_pixels: int) -> Iterator[Image.Image]:
     try:
         if path.stat().st_size == 0:
             raise QaieError(f"{path}: file is empty (0 bytes)")
+    except OSError as err:  # permissions
+        raise QaieError(f"{path}: cannot open image ({_why(err)})") from err
+    with _pil_opened(path, path, max_pixels) as im:
+        yield im
+
+
+@contextlib.contextmanager
+def _pil_opened(name: str | Path, source: Path | BinaryIO, max_pixels: int) -> Iterator[Image.Image]:
+    """Image.open of a file or a byte stream, its errors as one line naming `name`."""
+    try:
         with warnings.catch_warnings():
             # Our own limit below replaces Pillow's global one (its warning, its error).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except QaieError:
-        raise
+            im = Image.open(source)
     except Image.DecompressionBombError as err:
-        raise QaieError(f"{path}: image too large ({_why(err)})") from err
+        raise QaieError(f"{name}: image too large ({_why(err)})") from err
     except Image.UnidentifiedImageError as err:
-        raise QaieError(f"{path}: not an image file Pillow can read") from err
+        raise QaieError(f"{name}: not an image file Pillow can read") from err
     except Exception as err:  # OSError (permissions), or Pillow choking on a corrupt header
-        raise QaieError(f"{path}: cannot open image ({_why(err)})") from err
+        raise QaieError(f"{name}: cannot open image ({_why(err)})") from err
     with im:
         w, h = im.size
         if w * h > max_pixels:
             raise QaieError(
-                f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP "
+                f"{name}: image is {w}x{h} ({w * h / 1e6:.0f} MP), over the {max_pixels / 1e6:.0f} MP "
                 "limit; downscale it first"
             )
         yield im

@@ -1,6 +1,6 @@
 """The `qaie` command line: each subcommand is a parser plus a few lines calling the library.
 
-One module per group of commands (info, enhance, evaluate, train, quantize, export, demo), each
+One module per group of commands (info, enhance, serve, evaluate, train, quantize, export, demo), each
 with its `add_*` parser builders and `_run_*` handlers; common holds the argument helpers that
 several commands share. This module orders the commands and runs one.
 
@@ -24,6 +24,7 @@ from qaie.cli.evaluate import add_bench, add_evaluate, add_parity
 from qaie.cli.export import add_export, add_import, add_inspect
 from qaie.cli.info import add_camera_stats, add_env, add_info
 from qaie.cli.quantize import add_calibrate, add_quantize
+from qaie.cli.serve import add_serve
 from qaie.cli.train import add_train
 from qaie.errors import QaieError, QaieWarning
 
@@ -31,6 +32,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_info,
     add_env,
     add_enhance,
+    add_serve,
     add_bench,
     add_train,
     add_evaluate,
