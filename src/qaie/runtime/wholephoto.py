@@ -10,11 +10,12 @@ another over overlapping windows of the photo:
     stage 5 over every window -> the enhanced photo
 
 Each stage is local, so a window's pixels at least `halo` from its inner edges are exact; the
-windows overlap by more than twice that and each pixel is taken from the window that owns it.
-The statistics are computed from the whole map as the reference model computes them (each
-step quantized at its trained scale, from a per-channel histogram of the int8 map). Memory:
-the maps that cross stages (about 40 bytes per pixel for c=32 INT8) plus one window's
-activations, never every activation of the photo.
+fewest windows that leave every owned pixel that far from an inner edge are run, and each pixel
+is taken from the window that owns it. The statistics are those of the whole map as the
+reference model computes them (each step quantized at its trained scale, from a per-channel
+histogram of the int8 map, counted window by window as the map is stored). Memory: the maps
+that cross stages (at most about 50 bytes per pixel for c=32 INT8, reused by later maps of the same
+shape) plus one window's activations, never every activation of the photo.
 
 Torch-free: the runners implement `StageRunner`, for LiteRT files in qaie.runtime.litert and for
 checkpoints in PyTorch as qaie.quant.reference.TorchStageRunner (used by qaie.quant.predict).
@@ -287,6 +288,7 @@ def enhance_whole(
     counted = {n["input"]: n for n in meta["norms"] if n["chain"] is not None}
     histograms: dict[str, Histogram] = {}
     maps: dict[str, np.ndarray] = {}
+    spare: dict[tuple, list[np.ndarray]] = {}  # maps no longer read, for a later map of their shape
     result = np.empty((ph, pw, 3), np.uint8)
     scales = {name: m["scale"] for name, m in meta["maps"].items()} | {IMAGE: 1, OUTPUT: 1}
     total, done = len(stages) * len(rows) * len(cols), 0
@@ -331,7 +333,9 @@ def enhance_whole(
                         )
                         continue
                     if name not in maps:
-                        maps[name] = np.empty((ph // s, pw // s, out.shape[-1]), out.dtype)
+                        shape = (ph // s, pw // s, out.shape[-1])
+                        free = spare.get((shape, out.dtype))
+                        maps[name] = free.pop() if free else np.empty(shape, out.dtype)
                     maps[name][y0:y1, x0:x1] = owned
                     if name in counted:
                         _count(
@@ -347,8 +351,18 @@ def enhance_whole(
                 if progress:
                     progress(done, total)
         for name in [n for n in maps if last_use.get(n, -1) <= k]:
-            del maps[name]  # read by no later stage
+            done_map = maps.pop(name)  # read by no later stage
+            if _made_later(meta["maps"], meta["maps"][name], k):  # its memory, already paged in
+                spare.setdefault((done_map.shape, done_map.dtype), []).append(done_map)
     return result[:h, :w]
+
+
+def _made_later(maps: dict, done: dict, stage: int) -> bool:
+    """Whether a stage after `stage` makes a map of the shape of `done` (scale, channels)."""
+    return any(
+        m["stage"] > stage and (m["scale"], m["channels"]) == (done["scale"], done["channels"])
+        for m in maps.values()
+    )
 
 
 def _count(
