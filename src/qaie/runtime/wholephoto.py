@@ -84,28 +84,40 @@ def _exact_mean(counts: np.ndarray, codes: np.ndarray, q: list) -> np.ndarray:
 
 class Histogram:
     """Per-channel counts of the 256 codes of an 8-bit map, accumulated over parts of it
-    (each window's share as it is produced, while it is in cache)."""
+    (each window's share as it is produced, while it is in cache). Channels are counted in
+    pairs, each pixel's two codes read as one 16-bit index: half the indexing work of one
+    count per code, into a table that still fits in cache."""
 
-    ROWS = 1 << 16  # values per bincount call: index buffers that stay in cache
+    PIXELS = 1 << 18  # pixels per chunk
 
     def __init__(self, channels: int) -> None:
-        self.counts = np.zeros(channels * 256, np.int64)
-        self._base = np.arange(channels, dtype=np.uint16) << 8  # channel c counts at 256 c + code
+        self.channels = channels
+        self._pairs = np.zeros((channels // 2, 1 << 16), np.int64)  # [pair, low + 256 high]
+        self._last = np.zeros(256, np.int64)  # an odd map's last channel
 
     def add(self, codes: np.ndarray) -> None:
         """Count an 8-bit (H, W, C) map (any strides: a window's owned part is a view); a signed
         code q is counted at q & 255."""
-        octets = codes.view(np.uint8)
-        step = max(1, self.ROWS // (codes.shape[1] * codes.shape[2]))
-        index = np.empty((min(step, len(octets)), *codes.shape[1:]), np.uint16)
-        for start in range(0, len(octets), step):
-            part = index[: len(octets[start : start + step])]
-            np.bitwise_or(octets[start : start + step], self._base, out=part)
-            self.counts += np.bincount(part.ravel(), minlength=len(self.counts))
+        rows = max(1, self.PIXELS // codes.shape[1])
+        paired = self.channels - self.channels % 2
+        for start in range(0, len(codes), rows):
+            octets = (
+                np.ascontiguousarray(codes[start : start + rows]).view(np.uint8).reshape(-1, self.channels)
+            )
+            pairs = octets[:, :paired].view("<u2")  # channel 2j in the low byte, 2j + 1 in the high
+            for j, counts in enumerate(self._pairs):
+                counts += np.bincount(pairs[:, j], minlength=1 << 16)
+            if paired < self.channels:
+                self._last += np.bincount(octets[:, -1], minlength=256)
 
     def by_code(self, signed: bool) -> np.ndarray:
         """(C, 256) counts of the codes from the lowest (-128 for signed maps, else 0) up."""
-        counts = self.counts.reshape(-1, 256)
+        joint = self._pairs.reshape(-1, 256, 256)  # [pair, high, low]
+        counts = np.empty((self.channels, 256), np.int64)
+        counts[0 : len(joint) * 2 : 2] = joint.sum(axis=1)
+        counts[1 : len(joint) * 2 : 2] = joint.sum(axis=2)
+        if self.channels % 2:
+            counts[-1] = self._last
         return np.roll(counts, 128, axis=1) if signed else counts
 
 
