@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from skimage.metrics import peak_signal_noise_ratio
 
 from qaie.errors import QaieError
+from qaie.imageio import to_uint8
 from qaie.runtime import litert as runtime
+from qaie.runtime.codec import Codec
 from qaie.runtime.litert import (
-    ALIGN,
-    PixelCodec,
     TFLiteModel,
     _padded_length,
     axis_weights,
@@ -24,6 +24,7 @@ from qaie.runtime.litert import (
     plan_tiles,
     tile_starts,
 )
+from qaie.runtime.wholephoto import ALIGN
 
 BORDER = 16  # image-border band left out of tiled-vs-whole comparisons (reflect vs zero padding)
 
@@ -70,22 +71,43 @@ def test_run_exact_size(model, photo):
 @pytest.mark.parametrize(
     ("codec", "zero_pixel"),
     [
-        (PixelCodec(np.dtype(np.float32)), 0.0),
-        (PixelCodec(np.dtype(np.int8), 1 / 255, -128), -128),
-        (PixelCodec(np.dtype(np.uint8), 1 / 255, 0), 0),
+        (Codec(np.dtype(np.float32)), 0.0),
+        (Codec(np.dtype(np.int8), 1 / 255, -128), -128),
+        (Codec(np.dtype(np.uint8), 1 / 255, 0), 0),
     ],
 )
 def test_pixel_codecs_round_trip(codec, zero_pixel):
     pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
-    encoded = codec.encode(pixels)
+    encoded = codec.encode_pixels(pixels)
     assert encoded.dtype == codec.dtype and encoded[0, 0, 0] == zero_pixel
-    np.testing.assert_array_equal(codec.decode(encoded), pixels)
+    np.testing.assert_array_equal(codec.decode_pixels(encoded), pixels)
 
 
 def test_int_codec_clips_and_rounds():
-    codec = PixelCodec(np.dtype(np.int8), 2 / 255, 0)  # half the pixel range fits
-    assert codec.encode(np.array([0, 3, 255], np.uint8)).tolist() == [0, 2, 127]
-    assert codec.decode(np.array([-128, 0, 127], np.int8)).tolist() == [0, 0, 254]
+    codec = Codec(np.dtype(np.int8), 2 / 255, 0)  # half the pixel range fits
+    assert codec.encode_pixels(np.array([0, 3, 255], np.uint8)).tolist() == [0, 2, 127]
+    assert codec.decode_pixels(np.array([-128, 0, 127], np.int8)).tolist() == [0, 0, 254]
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [
+        Codec(np.dtype(np.float32)),
+        Codec(np.dtype(np.int8), 0.0039215689, -128),
+        Codec(np.dtype(np.int8), 0.37, 5),
+    ],
+)
+def test_codec_tables_are_its_arithmetic(codec):
+    """The whole-photo path encodes pixels and decodes 8-bit outputs by table look-up: the
+    same values as the arithmetic on every pixel and every code."""
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_array_equal(codec.image_table()[pixels], codec.encode(pixels / np.float32(255.0)))
+    table = codec.pixel_table()
+    if codec.is_int:
+        codes = np.arange(-128, 128, dtype=np.int8)
+        np.testing.assert_array_equal(table[codes.view(np.uint8)], to_uint8(codec.decode(codes)))
+    else:
+        assert table is None
 
 
 @pytest.mark.parametrize(

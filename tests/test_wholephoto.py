@@ -18,8 +18,9 @@ from qaie.quant.checkpoint import load_model
 from qaie.quant.predict import open_model
 from qaie.quant.reference import TorchStageRunner, reference_model
 from qaie.quant.tflite_ops import inspect_tflite
+from qaie.runtime.codec import Codec
 from qaie.runtime.litert import TFLiteModel, enhance_image
-from qaie.runtime.wholephoto import ALIGN, HALO, Quant, enhance_whole, norm_statistics, plan_axis
+from qaie.runtime.wholephoto import ALIGN, HALO, enhance_whole, grid_starts, norm_statistics, own, plan_axis
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +61,14 @@ def test_windows_own_every_pixel_once_away_from_inner_edges(length, window):
         assert i == len(windows) - 1 or w.start + window - w.own_end >= HALO
         owned[w.own_start : w.own_end] += 1
     assert (owned == 1).all()
+    fewer = len(windows) - 1  # the fewest windows: one fewer cannot keep the halos
+    assert fewer == 0 or own(grid_starts(length, window, fewer), length, window) is None
+
+
+def test_windows_are_as_few_as_the_halos_allow():
+    """A 12 MP photo in the shipped model's 808x1064 windows: 4 rows of 808 cover 3000 with
+    every inner edge a halo away (5 by the bound that adds a grid step to each overlap)."""
+    assert len(plan_axis(3000, 808)) == 4 and len(plan_axis(4000, 1064)) == 4
 
 
 def test_norm_statistics_follow_the_reference_chain():
@@ -80,7 +89,7 @@ def test_norm_statistics_follow_the_reference_chain():
     centered = fq(x - mean, "centered")
     var = fq(fq(centered * centered, "square").mean(dim=(0, 1)), "var")
     rstd = fq(torch.rsqrt(fq(var + fq(torch.tensor(1e-5).double(), "eps"), "var_eps")), "rstd")
-    got_mean, got_rstd = norm_statistics(codes, Quant(np.dtype(np.int8), *q["input"]), norm)
+    got_mean, got_rstd = norm_statistics(codes, Codec(np.dtype(np.int8), *q["input"]), norm)
     for got, want, step in ((got_mean, mean, "mean"), (got_rstd, rstd, "rstd")):  # the same codes
         np.testing.assert_array_equal(np.rint(got / q[step][0]), np.rint(want.numpy() / q[step][0]))
     assert len(np.unique(got_rstd)) > 1  # the channels differ: not a constant that always matches

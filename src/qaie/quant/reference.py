@@ -34,7 +34,8 @@ from torch.fx import GraphModule, Node
 from qaie.imageio import Size
 from qaie.quant import quantize
 from qaie.quant.split import find_norms, is_op, read_from, split, static_graph, value_of
-from qaie.runtime.wholephoto import Quant, norm_statistics
+from qaie.runtime.codec import Codec
+from qaie.runtime.wholephoto import norm_statistics
 
 aten = torch.ops.aten
 _DEQUANTIZE = "quantized_decomposed.dequantize_per_tensor.default"
@@ -144,7 +145,7 @@ def _table(low: int, scale: float, zero: int) -> Tensor:
 
 def _norm_statistics(codes: Tensor, norm: dict) -> tuple[Tensor, Tensor]:
     """(N, C, H, W) int8 codes -> the (N, C, 1, 1) mean and rstd of each sample's channels."""
-    quant = Quant(np.dtype(np.int8), *norm["chain"]["input"])
+    quant = Codec(np.dtype(np.int8), *norm["chain"]["input"])
     per_sample = [norm_statistics(c.permute(1, 2, 0).numpy(), quant, norm) for c in codes]
     mean, rstd = (
         torch.tensor(np.stack(s), dtype=torch.float32)[..., None, None] for s in zip(*per_sample, strict=True)
@@ -165,8 +166,8 @@ class TorchStageRunner:
         self._stages = {size: split(exact_ops(static_graph(net, size))) for size in self.window_sizes}
         self.meta = next(iter(self._stages.values())).meta
 
-    def quant(self, name: str) -> Quant:
-        return Quant(np.dtype(np.float32))
+    def quant(self, name: str) -> Codec:
+        return Codec(np.dtype(np.float32))
 
     def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         graph = self._stages[size].graphs[stage]

@@ -23,11 +23,9 @@ import numpy as np
 from qaie.errors import QaieError
 from qaie.imageio import MIN_IMAGE_SIDE, Size
 from qaie.nativelog import quiet_native_stderr
-from qaie.runtime.wholephoto import Quant, StageRunner, enhance_whole
+from qaie.runtime.codec import Codec
+from qaie.runtime.wholephoto import ALIGN, StageRunner, enhance_whole, grid_starts
 
-# The network's coarsest scale is S/8: tiles start on this grid so each tile's pixels are
-# computed with the same stride phases as in a whole-image run.
-ALIGN = 8
 DEFAULT_OVERLAP = 32
 
 
@@ -113,43 +111,6 @@ def model_file(path: str | os.PathLike, num_threads: int | None) -> tuple[Path, 
 
 
 @dataclass(frozen=True)
-class PixelCodec:
-    """How uint8 pixels map to one model tensor: float in [0, 1], or integers q with
-    pixel / 255 = (q - zero_point) * scale (e.g. int8 with scale 1/255, zero point -128)."""
-
-    dtype: np.dtype
-    scale: float = 1.0 / 255.0
-    zero_point: int = 0
-
-    @classmethod
-    def from_details(cls, details: dict) -> PixelCodec | None:
-        """The codec of a tensor as the interpreter describes it; None if pixels cannot map to it."""
-        dtype = np.dtype(details["dtype"])
-        if dtype.kind == "f":
-            return cls(dtype)
-        scale, zero_point = details["quantization"]
-        if dtype.kind in "iu" and scale > 0:
-            return cls(dtype, float(scale), int(zero_point))
-        return None
-
-    def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 pixels (..., 3) -> model input values."""
-        if self.dtype.kind == "f":
-            return (pixels * np.float32(1.0 / 255.0)).astype(self.dtype)
-        q = np.rint(pixels * np.float32(1.0 / (255.0 * self.scale))) + self.zero_point
-        info = np.iinfo(self.dtype)
-        return np.clip(q, info.min, info.max).astype(self.dtype)
-
-    def decode(self, values: np.ndarray) -> np.ndarray:
-        """Model output values -> uint8 pixels (rounded, clipped)."""
-        if self.dtype.kind == "f":
-            pixels = values.astype(np.float32) * np.float32(255.0)
-        else:
-            pixels = (values.astype(np.float32) - self.zero_point) * np.float32(self.scale * 255.0)
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-
-
-@dataclass(frozen=True)
 class Signature:
     """One exported size: a signature with one (1, H, W, 3) input and one output of that shape."""
 
@@ -157,8 +118,8 @@ class Signature:
     size: Size
     input_name: str
     output_name: str
-    input: PixelCodec
-    output: PixelCodec
+    input: Codec  # holds pixel / 255
+    output: Codec
     output_nchw: bool = False  # (1, 3, H, W) output, as in the paper's official 100x100 file
 
 
@@ -172,7 +133,7 @@ def _usable_signature(key: str, runner) -> Signature | None:
     nchw = len(shape) == 4 and out_shape == (1, 3, *shape[1:3])
     if len(shape) != 4 or shape[0] != 1 or shape[3] != 3 or (out_shape != shape and not nchw):
         return None
-    codec_in, codec_out = PixelCodec.from_details(in_det), PixelCodec.from_details(out_det)
+    codec_in, codec_out = Codec.from_details(in_det), Codec.from_details(out_det)
     if codec_in is None or codec_out is None:
         return None
     return Signature(key, (shape[1], shape[2]), in_name, out_name, codec_in, codec_out, nchw)
@@ -213,17 +174,16 @@ class TFLiteStages:
         self.window_sizes = tuple(
             sorted({size for _, size in self._runners if all((k, size) in self._runners for k in range(n))})
         )
-        self._quant: dict[str, Quant] = {}
+        self._quant: dict[str, Codec] = {}
         for runner in self._runners.values():
             for details in (runner.get_input_details(), runner.get_output_details()):
                 for name, d in details.items():
-                    scale, zero_point = d["quantization"]
-                    dtype = np.dtype(d["dtype"])
-                    self._quant[name] = (
-                        Quant(dtype, scale, zero_point) if dtype.kind in "iu" else Quant(dtype)
-                    )
+                    codec = Codec.from_details(d)
+                    if codec is None:
+                        raise QaieError(f"stage tensor {name}: integers without a scale")
+                    self._quant[name] = codec
 
-    def quant(self, name: str) -> Quant:
+    def quant(self, name: str) -> Codec:
         return self._quant[name]
 
     def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -284,9 +244,11 @@ class TFLiteModel:
         size = tile.shape[:2]
         sig = self.signatures.get(size)
         assert sig is not None and tile.shape[2:] == (3,) and tile.dtype == np.uint8, tile.shape
-        result = _call(self._runners[size], **{sig.input_name: sig.input.encode(tile)[None]})  # (1, H, W, 3)
+        result = _call(
+            self._runners[size], **{sig.input_name: sig.input.encode_pixels(tile)[None]}
+        )  # (1, H, W, 3)
         out = result[sig.output_name][0]
-        return sig.output.decode(out.transpose(1, 2, 0) if sig.output_nchw else out)
+        return sig.output.decode_pixels(out.transpose(1, 2, 0) if sig.output_nchw else out)
 
 
 def check_tile(model: TileModel, tile: Size) -> None:
@@ -354,13 +316,12 @@ def _padded_length(length: int, tile: int) -> int:
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets along one axis of (padded) `length`: first at 0, last at length - tile,
-    the others spread evenly on the ALIGN grid so neighbours overlap by more than `overlap`."""
+    """Start offsets along one axis of (padded) `length`, placed by `wholephoto.grid_starts`, as
+    many as make neighbours overlap by more than `overlap`."""
     if length <= tile:
         return [0]
     n = math.ceil((length - tile) / (tile - overlap - ALIGN)) + 1  # step <= that: gaps < tile - overlap
-    step = (length - tile) / (n - 1)
-    return [int(i * step) // ALIGN * ALIGN for i in range(n - 1)] + [length - tile]
+    return grid_starts(length, tile, n)
 
 
 def _ramp(n: int) -> np.ndarray:

@@ -20,7 +20,8 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.imageio import Size
-from qaie.runtime.litert import PixelCodec, model_file
+from qaie.runtime.codec import Codec
+from qaie.runtime.litert import model_file
 from qaie.runtime.optable import OpRow, format_rows, op_rows
 
 INPUT_NAME = "image"
@@ -83,16 +84,14 @@ class OnnxModel:
         fixed = all(isinstance(d, int) for d in shape[2:])
         self.sizes: tuple[Size, ...] | None = ((shape[2], shape[3]),) if fixed else None
 
-    def _codec(self, ort_type: str, meta: dict[str, str]) -> PixelCodec:
+    def _codec(self, ort_type: str, meta: dict[str, str]) -> Codec:
         dtype = _ORT_TYPES.get(ort_type)
         if dtype is None:
             raise QaieError(f"{self.path}: image tensors of type {ort_type} are not supported")
         if np.dtype(dtype).kind == "f":
-            return PixelCodec(np.dtype(dtype))
+            return Codec(np.dtype(dtype))
         try:
-            return PixelCodec(
-                np.dtype(dtype), float(meta[IO_META + "scale"]), int(meta[IO_META + "zero_point"])
-            )
+            return Codec(np.dtype(dtype), float(meta[IO_META + "scale"]), int(meta[IO_META + "zero_point"]))
         except (KeyError, ValueError):
             raise QaieError(
                 f"{self.path}: integer I/O without its scale and zero point ({IO_META}*)"
@@ -105,9 +104,9 @@ class OnnxModel:
     def run(self, tile: np.ndarray) -> np.ndarray:
         """Enhance one image: uint8 (H, W, 3) -> uint8 (H, W, 3)."""
         assert tile.ndim == 3 and tile.shape[2] == 3 and tile.dtype == np.uint8, tile.shape
-        x = np.ascontiguousarray(self.input.encode(tile).transpose(2, 0, 1)[None])  # (1, 3, H, W)
+        x = np.ascontiguousarray(self.input.encode_pixels(tile).transpose(2, 0, 1)[None])  # (1, 3, H, W)
         (y,) = self._session.run([self._output_name], {self._input_name: x})
-        return self.output.decode(y[0].transpose(1, 2, 0))
+        return self.output.decode_pixels(y[0].transpose(1, 2, 0))
 
 
 def onnx_op_table(model) -> dict[str, int]:
@@ -171,7 +170,7 @@ def inspect_onnx(path: str | os.PathLike, size: Size = (64, 64)) -> OnnxOpTable:
     runner = OnnxModel(path, 1)
     with tempfile.TemporaryDirectory() as tmp:
         session = _session(path, 1, profile=str(Path(tmp) / "profile"))
-        x = runner.input.encode(np.zeros((*size, 3), np.uint8)).transpose(2, 0, 1)[None]
+        x = runner.input.encode_pixels(np.zeros((*size, 3), np.uint8)).transpose(2, 0, 1)[None]
         session.run(None, {runner._input_name: np.ascontiguousarray(x)})
         events = json.loads(Path(session.end_profiling()).read_text())
     counts: Counter[tuple[str, tuple[str, ...], tuple[str, ...]]] = Counter()

@@ -10,11 +10,12 @@ another over overlapping windows of the photo:
     stage 5 over every window -> the enhanced photo
 
 Each stage is local, so a window's pixels at least `halo` from its inner edges are exact; the
-windows overlap by more than twice that and each pixel is taken from the window that owns it.
-The statistics are computed from the whole map as the reference model computes them (each
-step quantized at its trained scale, from a per-channel histogram of the int8 map). Memory:
-the maps that cross stages (about 40 bytes per pixel for c=32 INT8) plus one window's
-activations, never every activation of the photo.
+fewest windows that leave every owned pixel that far from an inner edge are run, and each pixel
+is taken from the window that owns it. The statistics are those of the whole map as the
+reference model computes them (each step quantized at its trained scale, from a per-channel
+histogram of the int8 map, counted window by window as the map is stored). Memory: the maps
+that cross stages (at most about 50 bytes per pixel for c=32 INT8, reused by later maps of the same
+shape) plus one window's activations, never every activation of the photo.
 
 Torch-free: the runners implement `StageRunner`, for LiteRT files in qaie.runtime.litert and for
 checkpoints in PyTorch as qaie.quant.reference.TorchStageRunner (used by qaie.quant.predict).
@@ -32,36 +33,14 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.imageio import Size, to_uint8
+from qaie.runtime.codec import Codec
 
-ALIGN = 8  # the network's coarsest scale is S/8: windows start on this grid
+# The network's coarsest scale is S/8: windows and tiles start on this grid, so each pixel is
+# computed with the same stride phases as in a whole-image run.
+ALIGN = 8
 HALO = 32  # pixels at a window's inner edge that a stage cannot compute exactly (measured <= 24)
 IMAGE = "image"
 OUTPUT = "enhanced"
-
-
-@dataclass(frozen=True)
-class Quant:
-    """How a tensor stores real values: float, or integers q with value = (q - zero_point) * scale."""
-
-    dtype: np.dtype
-    scale: float = 1.0
-    zero_point: int = 0
-
-    @property
-    def is_int(self) -> bool:
-        return self.dtype.kind in "iu"
-
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        if not self.is_int:
-            return values.astype(self.dtype)
-        info = np.iinfo(self.dtype)
-        q = np.rint(values * (1.0 / self.scale)) + self.zero_point
-        return np.clip(q, info.min, info.max).astype(self.dtype)
-
-    def decode(self, q: np.ndarray) -> np.ndarray:
-        if not self.is_int:
-            return q.astype(np.float64)
-        return (q.astype(np.float64) - self.zero_point) * self.scale
 
 
 class StageRunner(Protocol):
@@ -70,7 +49,7 @@ class StageRunner(Protocol):
     meta: dict  # Stages.meta: stages (inputs, outputs), maps, norms
     window_sizes: tuple[Size, ...]  # window sizes the stages can run at
 
-    def quant(self, name: str) -> Quant:
+    def quant(self, name: str) -> Codec:
         """How the stage tensor `name` (a map, mean{k}, rstd{k}, the image or output) is stored."""
         ...
 
@@ -103,27 +82,51 @@ def _exact_mean(counts: np.ndarray, codes: np.ndarray, q: list) -> np.ndarray:
     return total * scale / counts.sum(axis=-1)
 
 
-def _histogram(codes: np.ndarray) -> np.ndarray:
-    """(..., C) integer map -> (C, 256) counts of each code per channel (rows in chunks)."""
-    flat = codes.reshape(-1, codes.shape[-1])
-    channels = flat.shape[1]
-    offset = 128 if codes.dtype.kind == "i" else 0
-    index_base = np.arange(channels, dtype=np.int64) * 256 + offset
-    counts = np.zeros(channels * 256, np.int64)
-    step = max(1, (1 << 22) // channels)
-    for start in range(0, len(flat), step):
-        counts += np.bincount((flat[start : start + step] + index_base).ravel(), minlength=channels * 256)
-    return counts.reshape(channels, 256)
+class Histogram:
+    """Per-channel counts of the 256 codes of an 8-bit map, accumulated over parts of it
+    (each window's share as it is produced, while it is in cache). Channels are counted in
+    pairs, each pixel's two codes read as one 16-bit index: half the indexing work of one
+    count per code, into a table that still fits in cache."""
+
+    PIXELS = 1 << 18  # pixels per chunk
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+        self._pairs = np.zeros((channels // 2, 1 << 16), np.int64)  # [pair, low + 256 high]
+        self._last = np.zeros(256, np.int64)  # an odd map's last channel
+
+    def add(self, codes: np.ndarray) -> None:
+        """Count an 8-bit (H, W, C) map (any strides: a window's owned part is a view); a signed
+        code q is counted at q & 255."""
+        rows = max(1, self.PIXELS // codes.shape[1])
+        paired = self.channels - self.channels % 2
+        for start in range(0, len(codes), rows):
+            octets = (
+                np.ascontiguousarray(codes[start : start + rows]).view(np.uint8).reshape(-1, self.channels)
+            )
+            pairs = octets[:, :paired].view("<u2")  # channel 2j in the low byte, 2j + 1 in the high
+            for j, counts in enumerate(self._pairs):
+                counts += np.bincount(pairs[:, j], minlength=1 << 16)
+            if paired < self.channels:
+                self._last += np.bincount(octets[:, -1], minlength=256)
+
+    def by_code(self, signed: bool) -> np.ndarray:
+        """(C, 256) counts of the codes from the lowest (-128 for signed maps, else 0) up."""
+        joint = self._pairs.reshape(-1, 256, 256)  # [pair, high, low]
+        counts = np.empty((self.channels, 256), np.int64)
+        counts[0 : len(joint) * 2 : 2] = joint.sum(axis=1)
+        counts[1 : len(joint) * 2 : 2] = joint.sum(axis=2)
+        if self.channels % 2:
+            counts[-1] = self._last
+        return np.roll(counts, 128, axis=1) if signed else counts
 
 
-def norm_statistics(values: np.ndarray, quant: Quant, norm: dict) -> tuple[np.ndarray, np.ndarray]:
+def norm_statistics(values: np.ndarray, quant: Codec, norm: dict) -> tuple[np.ndarray, np.ndarray]:
     """Mean and 1/sqrt(var + eps) per channel of a whole (H, W, C) map, as real values.
 
-    FP32 (no chain): float64 moments. Quantized: the reference model's steps, each rounded to
-    its scale (mean, x - mean, its square, their mean, + eps, rsqrt), evaluated on the 256
-    possible codes weighted by their counts: one pass over the map, and both means are sums of
-    integer codes, so every CPU computes the same codes (the quantized reference model computes
-    its statistics here too: `qaie.quant.reference.exact_statistics`).
+    FP32 (no chain): float64 moments. Quantized: `chain_statistics` of the map's code
+    histogram (a float map of on-grid values, as the PyTorch reference model passes, is
+    encoded to its codes first).
     """
     chain = norm["chain"]
     if chain is None:
@@ -135,11 +138,27 @@ def norm_statistics(values: np.ndarray, quant: Quant, norm: dict) -> tuple[np.nd
             var += (d * d).sum(axis=0)
         var /= len(flat)
         return mean, 1.0 / np.sqrt(var + norm["eps"])
-    if not quant.is_int:  # a float map of on-grid values (the PyTorch reference model)
-        quant = Quant(np.dtype(np.int8), *chain["input"])
-        values = quant.encode(values)
-    counts = _histogram(values)  # (C, 256)
-    lowest = -128 if values.dtype.kind == "i" else 0
+    quant = map_codec(quant, norm)
+    histogram = Histogram(values.shape[-1])
+    histogram.add(quant.encode(values) if values.dtype != quant.dtype else values)
+    return chain_statistics(histogram, quant, norm)
+
+
+def map_codec(quant: Codec, norm: dict) -> Codec:
+    """The int8 codec of a norm's input map: its own, or the chain's for a float map."""
+    return quant if quant.is_int else Codec(np.dtype(np.int8), *norm["chain"]["input"])
+
+
+def chain_statistics(histogram: Histogram, quant: Codec, norm: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and rstd per channel of a quantized map from its code histogram: the reference
+    model's steps, each rounded to its scale (mean, x - mean, its square, their mean, + eps,
+    rsqrt), evaluated on the 256 possible codes weighted by their counts. Both means are sums
+    of integer codes, so every CPU computes the same codes (the quantized reference model
+    computes its statistics here too: `qaie.quant.reference.exact_statistics`)."""
+    chain = norm["chain"]
+    signed = quant.dtype.kind == "i"
+    counts = histogram.by_code(signed)  # (C, 256)
+    lowest = -128 if signed else 0
     codes = np.arange(lowest, lowest + 256)
     mean = _fake_quant(_exact_mean(counts, codes, [quant.scale, quant.zero_point]), chain["mean"])  # (C,)
     centered = _fake_quant(quant.decode(codes)[None, :] - mean[:, None], chain["centered"])  # (C, 256)
@@ -179,25 +198,41 @@ class AxisWindow:
     own_end: int
 
 
+def grid_starts(length: int, window: int, n: int) -> list[int]:
+    """Where n windows (or tiles) of `window` pixels go along an axis of `length`: the first at
+    0, the last at length - window, the others evenly between, rounded down to the ALIGN grid."""
+    if n == 1:
+        return [0]
+    step = (length - window) / (n - 1)
+    return [int(i * step) // ALIGN * ALIGN for i in range(n - 1)] + [length - window]
+
+
+def own(starts: list[int], length: int, window: int, halo: int = HALO) -> list[AxisWindow] | None:
+    """Windows at `starts` with ownership changing hands mid-overlap on the grid; None unless
+    each owns a part of itself and every owned pixel is at least `halo` from an inner edge."""
+    cuts = [0] + [(a + window + b) // 2 // ALIGN * ALIGN for a, b in itertools.pairwise(starts)] + [length]
+    windows = [AxisWindow(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
+    for i, w in enumerate(windows):
+        inner_start = i > 0 and w.own_start - w.start < halo
+        inner_end = i < len(windows) - 1 and w.start + window - w.own_end < halo
+        outside = not w.start <= w.own_start < w.own_end <= w.start + window
+        if inner_start or inner_end or outside:
+            return None
+    return windows
+
+
 def plan_axis(length: int, window: int, halo: int = HALO) -> list[AxisWindow]:
-    """Windows of `window` pixels covering `length` (both multiples of ALIGN): starts on the
-    ALIGN grid, neighbours overlapping by more than 2 * halo + ALIGN, ownership changing hands
-    mid-overlap on the grid, so every owned pixel is at least `halo` from an inner edge."""
+    """The fewest windows of `window` pixels covering `length` (both multiples of ALIGN), placed
+    by `grid_starts`, that own every pixel at least `halo` from their inner edges (`own`):
+    fewer windows, fewer pixels computed twice."""
     assert length % ALIGN == 0 and window % ALIGN == 0 and window <= length, (length, window)
     if window == length:
         return [AxisWindow(0, 0, length)]
-    overlap = 2 * halo + ALIGN
-    if window - overlap - ALIGN <= 0:
+    if window - 2 * halo - 2 * ALIGN <= 0:
         raise QaieError(f"window {window} is too small for a halo of {halo} pixels")
-    n = math.ceil((length - window) / (window - overlap - ALIGN)) + 1
-    step = (length - window) / (n - 1)
-    starts = [int(i * step) // ALIGN * ALIGN for i in range(n - 1)] + [length - window]
-    cuts = [0] + [(a + window + b) // 2 // ALIGN * ALIGN for a, b in itertools.pairwise(starts)]
-    cuts.append(length)
-    windows = [AxisWindow(s, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
-    for i, w in enumerate(windows):
-        assert i == 0 or w.own_start - w.start >= halo, windows
-        assert i == len(windows) - 1 or w.start + window - w.own_end >= halo, windows
+    n = math.ceil((length - window) / (window - 2 * halo)) + 1  # neighbours share >= 2 halos
+    while (windows := own(grid_starts(length, window, n), length, window, halo)) is None:
+        n += 1
     return windows
 
 
@@ -243,8 +278,9 @@ def enhance_whole(
     """Enhance an RGB photo: uint8 (H, W, 3) -> uint8 (H, W, 3), the whole-photo output.
 
     The photo is reflect-padded to the ALIGN grid (and to the smallest window when it is
-    smaller); statistics are taken over the photo's own pixels only. `window`: the stage size
-    to use (default: the largest that fits). `progress(done, total)` after each window run.
+    smaller); statistics are taken over the photo's own pixels only, of quantized maps as each
+    window's share is stored. `window`: the stage size to use (default: the one that computes
+    the fewest pixels). `progress(done, total)` after each window run.
     """
     h, w = pixels.shape[:2]
     meta = runner.meta
@@ -257,8 +293,14 @@ def enhance_whole(
     rows, cols = plan_axis(ph, window[0]), plan_axis(pw, window[1])
     stages = meta["stages"]
     last_use = {name: k for k, stage in enumerate(stages) for name in stage["inputs"]}
-    image_quant, output_quant = runner.quant(IMAGE), runner.quant(OUTPUT)
-    maps: dict[str, np.ndarray] = {IMAGE: pixels}  # encoded window by window: no photo-sized temporaries
+    image_codes = runner.quant(IMAGE).image_table()  # pixel -> input value, window by window
+    output_quant = runner.quant(OUTPUT)
+    output_table = output_quant.pixel_table()
+    # the maps whose statistics are counted as they are stored (quantized norms)
+    counted = {n["input"]: n for n in meta["norms"] if n["chain"] is not None}
+    histograms: dict[str, Histogram] = {}
+    maps: dict[str, np.ndarray] = {}
+    spare: dict[tuple, list[np.ndarray]] = {}  # maps no longer read, for a later map of their shape
     result = np.empty((ph, pw, 3), np.uint8)
     scales = {name: m["scale"] for name, m in meta["maps"].items()} | {IMAGE: 1, OUTPUT: 1}
     total, done = len(stages) * len(rows) * len(cols), 0
@@ -266,21 +308,27 @@ def enhance_whole(
         stats = {}
         if k > 0:
             norm = meta["norms"][k - 1]
-            s = scales[norm["input"]]
-            whole = maps[norm["input"]][: -(-h // s), : -(-w // s)]  # the photo's own pixels
-            mean, rstd = norm_statistics(whole, runner.quant(norm["input"]), norm)
+            name = norm["input"]
+            quant = runner.quant(name)
+            if name in histograms:
+                mean, rstd = chain_statistics(histograms.pop(name), map_codec(quant, norm), norm)
+            else:
+                s = scales[name]
+                mean, rstd = norm_statistics(maps[name][: -(-h // s), : -(-w // s)], quant, norm)
             for name, value in ((f"mean{k}", mean), (f"rstd{k}", rstd)):
                 stats[name] = runner.quant(name).encode(value.reshape(1, 1, 1, -1))
         for row in rows:
             for col in cols:
                 inputs = dict(stats)
                 for name in stage["inputs"]:
-                    if name not in stats:
+                    if name == IMAGE:
+                        inputs[name] = image_codes[
+                            pixels[None, row.start : row.start + window[0], col.start : col.start + window[1]]
+                        ]
+                    elif name not in stats:
                         s = scales[name]
                         y, x = row.start // s, col.start // s
                         inputs[name] = maps[name][None, y : y + window[0] // s, x : x + window[1] // s]
-                if IMAGE in inputs:
-                    inputs[IMAGE] = image_quant.encode(inputs[IMAGE] / np.float32(255.0))
                 for name, out in runner.run(k, window, inputs).items():
                     s = scales[name]
                     y0, y1 = row.own_start // s, row.own_end // s
@@ -291,14 +339,60 @@ def enhance_whole(
                         x0 - col.start // s : x1 - col.start // s,
                     ]
                     if name == OUTPUT:
-                        result[y0:y1, x0:x1] = to_uint8(output_quant.decode(owned))
+                        decoded = output_table[owned.view(np.uint8)] if output_table is not None else None
+                        result[y0:y1, x0:x1] = (
+                            to_uint8(output_quant.decode(owned)) if decoded is None else decoded
+                        )
                         continue
                     if name not in maps:
-                        maps[name] = np.empty((ph // s, pw // s, out.shape[-1]), out.dtype)
+                        shape = (ph // s, pw // s, out.shape[-1])
+                        free = spare.get((shape, out.dtype))
+                        maps[name] = free.pop() if free else np.empty(shape, out.dtype)
                     maps[name][y0:y1, x0:x1] = owned
+                    if name in counted:
+                        _count(
+                            histograms,
+                            name,
+                            owned,
+                            (y0, x0),
+                            (-(-h // s), -(-w // s)),
+                            runner.quant(name),
+                            counted[name],
+                        )
                 done += 1
                 if progress:
                     progress(done, total)
         for name in [n for n in maps if last_use.get(n, -1) <= k]:
-            del maps[name]  # read by no later stage
+            done_map = maps.pop(name)  # read by no later stage
+            if _made_later(meta["maps"], meta["maps"][name], k):  # its memory, already paged in
+                spare.setdefault((done_map.shape, done_map.dtype), []).append(done_map)
     return result[:h, :w]
+
+
+def _made_later(maps: dict, done: dict, stage: int) -> bool:
+    """Whether a stage after `stage` makes a map of the shape of `done` (scale, channels)."""
+    return any(
+        m["stage"] > stage and (m["scale"], m["channels"]) == (done["scale"], done["channels"])
+        for m in maps.values()
+    )
+
+
+def _count(
+    histograms: dict[str, Histogram],
+    name: str,
+    owned: np.ndarray,
+    origin: tuple[int, int],
+    photo: Size,
+    quant: Codec,
+    norm: dict,
+) -> None:
+    """Add the photo's own pixels of a window's owned part of map `name` (at `origin` in the
+    map; the photo covers [0, photo) of it) to the map's histogram, as codes."""
+    y0, x0 = origin
+    part = owned[: max(0, photo[0] - y0), : max(0, photo[1] - x0)]
+    if part.size == 0:
+        return
+    codec = map_codec(quant, norm)
+    if name not in histograms:
+        histograms[name] = Histogram(owned.shape[-1])
+    histograms[name].add(part if part.dtype == codec.dtype else codec.encode(part))
