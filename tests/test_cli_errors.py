@@ -435,9 +435,10 @@ def test_no_shipped_model_says_so(files: dict, tmp_path: Path, monkeypatch, caps
     )
 
 
-def test_debug_shows_the_traceback(files: dict, capsys) -> None:
+def test_debug_shows_the_traceback(files: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     from qaie.errors import QaieError
 
+    monkeypatch.setenv("QAIE_DEBUG", "")  # main(--debug) sets it for its subprocesses; undone after this test
     with pytest.raises(QaieError, match="checkpoint is truncated"):
         main(["--debug", "evaluate", files["truncated_ckpt"], "--data", "builtin"])
 
