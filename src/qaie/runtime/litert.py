@@ -191,11 +191,13 @@ class TFLiteStages:
     def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         runner = self._runners[stage, size]
         if (stage, size) not in self._ready:  # the signature runner allocates the tensors
+            outputs = _call(runner, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
             self._ready.add((stage, size))
-            return _call(runner, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
+            return outputs
         # Later windows are copied straight into the input tensors (window slices are strided
-        # views: one copy instead of a contiguous copy and the runner's own). The arrays that
-        # view the tensors are dropped before Invoke, as `Interpreter.tensor` requires.
+        # views: one copy instead of a contiguous copy and the runner's own), through the
+        # runner's own fields (ai-edge-litert is pinned). The arrays that view the tensors are
+        # dropped before Invoke, as `Interpreter.tensor` requires.
         wrapper, subgraph = runner._interpreter_wrapper, runner._subgraph_index
         for name, value in inputs.items():
             np.copyto(wrapper.tensor(self._interpreter, runner._inputs[name], subgraph), value)
