@@ -13,7 +13,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from qaie.errors import QaieError
 from qaie.imageio import to_uint8
 from qaie.runtime import litert as runtime
-from qaie.runtime.codec import Codec
+from qaie.runtime.codec import Codec, look_up
 from qaie.runtime.litert import (
     TFLiteModel,
     _padded_length,
@@ -98,14 +98,17 @@ def test_int_codec_clips_and_rounds():
     ],
 )
 def test_codec_tables_are_its_arithmetic(codec):
-    """The whole-photo path encodes pixels and decodes 8-bit outputs by table look-up: the
-    same values as the arithmetic on every pixel and every code."""
-    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)
-    np.testing.assert_array_equal(codec.image_table()[pixels], codec.encode(pixels / np.float32(255.0)))
+    """The whole-photo path encodes pixels and decodes 8-bit outputs by table look-up (`look_up`,
+    a XOR where the table is one): the same values as the arithmetic on every pixel and code."""
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16)[:, ::-1]  # strided, as window views are
+    expected = codec.encode(pixels / np.float32(255.0))
+    np.testing.assert_array_equal(codec.image_table()[pixels], expected)
+    np.testing.assert_array_equal(look_up(codec.image_table(), pixels), expected)
     table = codec.pixel_table()
     if codec.is_int:
         codes = np.arange(-128, 128, dtype=np.int8)
         np.testing.assert_array_equal(table[codes.view(np.uint8)], to_uint8(codec.decode(codes)))
+        np.testing.assert_array_equal(look_up(table, codes[::-1]), to_uint8(codec.decode(codes[::-1])))
     else:
         assert table is None
 

@@ -80,3 +80,15 @@ class Codec:
         """(256,) tensor values with table[pixel] == encode(pixel / float32(255)) for every uint8
         pixel: the encoding of a photo as a table look-up, value for value."""
         return self.encode(np.arange(256, dtype=np.uint8) / np.float32(255.0))
+
+
+def look_up(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """table[codes] for a (256,) table and 8-bit codes (any strides), indexed by their bytes. A
+    table of 1-byte values that is the identity with some bits flipped (int8 p - 128 for a pixel
+    p, and back) is applied as that XOR: the same values, about 10x faster than indexing."""
+    index = codes.view(np.uint8)
+    if table.itemsize == 1:
+        flips = table.view(np.uint8)[0]
+        if np.array_equal(table.view(np.uint8), np.arange(256, dtype=np.uint8) ^ flips):
+            return (index ^ flips).view(table.dtype)
+    return table[index]

@@ -165,6 +165,8 @@ class TFLiteStages:
         # (a runner allocates its subgraph's tensors at its first call: only the window
         # sizes a photo uses take memory)
         self._runners: dict[tuple[int, Size], object] = {}
+        self._ready: set[tuple[int, Size]] = set()  # runners called once: tensors allocated
+        self._interpreter = interpreter
         for key in interpreter.get_signature_list():
             match = _STAGE_SIGNATURE.fullmatch(key)
             if match:
@@ -187,8 +189,20 @@ class TFLiteStages:
         return self._quant[name]
 
     def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # (the interpreter reads an input's buffer as contiguous: window slices are views)
-        return _call(self._runners[stage, size], **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
+        runner = self._runners[stage, size]
+        if (stage, size) not in self._ready:  # the signature runner allocates the tensors
+            outputs = _call(runner, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
+            self._ready.add((stage, size))
+            return outputs
+        # Later windows are copied straight into the input tensors (window slices are strided
+        # views: one copy instead of a contiguous copy and the runner's own), through the
+        # runner's own fields (ai-edge-litert is pinned). The arrays that view the tensors are
+        # dropped before Invoke, as `Interpreter.tensor` requires.
+        wrapper, subgraph = runner._interpreter_wrapper, runner._subgraph_index
+        for name, value in inputs.items():
+            np.copyto(wrapper.tensor(self._interpreter, runner._inputs[name], subgraph), value)
+        wrapper.Invoke(subgraph)
+        return {name: wrapper.GetTensor(index, subgraph) for name, index in runner._outputs}
 
 
 class TFLiteModel:

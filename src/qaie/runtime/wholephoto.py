@@ -15,7 +15,8 @@ is taken from the window that owns it. The statistics are those of the whole map
 reference model computes them (each step quantized at its trained scale, from a per-channel
 histogram of the int8 map, counted window by window as the map is stored). Memory: the maps
 that cross stages (at most about 50 bytes per pixel for c=32 INT8, reused by later maps of the same
-shape) plus one window's activations, never every activation of the photo.
+shape) plus one window's activations and the previous window's outputs, never every
+activation of the photo.
 
 Torch-free: the runners implement `StageRunner`, for LiteRT files in qaie.runtime.litert and for
 checkpoints in PyTorch as qaie.quant.reference.TorchStageRunner (used by qaie.quant.predict).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from qaie.errors import QaieError
 from qaie.imageio import Size, to_uint8
-from qaie.runtime.codec import Codec
+from qaie.runtime.codec import Codec, look_up
 
 # The network's coarsest scale is S/8: windows and tiles start on this grid, so each pixel is
 # computed with the same stride phases as in a whole-image run.
@@ -54,7 +56,9 @@ class StageRunner(Protocol):
         ...
 
     def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Stage `stage` on one window: NHWC (1, h, w, C) arrays by name -> arrays by name."""
+        """Stage `stage` on one window: NHWC (1, h, w, C) arrays by name -> arrays by name.
+        The inputs may be strided views; the outputs must be the caller's own (not views of
+        memory the next run overwrites): they are stored while the next window runs."""
         ...
 
 
@@ -268,6 +272,94 @@ def padded_size(h: int, w: int, sizes: tuple[Size, ...]) -> Size:
 # --- the stages over the windows --------------------------------------------------------------------
 
 
+class _Maps:
+    """What crosses the stages of one photo: the maps (whole photo, padded), the histograms of
+    the quantized norms' inputs and the output photo, filled window by window by `store`."""
+
+    def __init__(self, runner: StageRunner, photo: Size, padded: Size) -> None:
+        self.runner, self.photo, self.padded = runner, photo, padded
+        meta = runner.meta
+        self.scales = {name: m["scale"] for name, m in meta["maps"].items()} | {IMAGE: 1, OUTPUT: 1}
+        self.last_use = {name: k for k, stage in enumerate(meta["stages"]) for name in stage["inputs"]}
+        # the maps whose statistics are counted as they are stored (quantized norms)
+        self.counted = {n["input"]: n for n in meta["norms"] if n["chain"] is not None}
+        self.histograms: dict[str, Histogram] = {}
+        self.maps: dict[str, np.ndarray] = {}
+        self.spare: dict[tuple, list[np.ndarray]] = {}  # maps no longer read, for a later map of their shape
+        self.output_table = runner.quant(OUTPUT).pixel_table()
+        self.result = np.empty((*padded, 3), np.uint8)
+
+    def statistics(self, stage: int) -> dict[str, np.ndarray]:
+        """The encoded mean and rstd that stage `stage` (> 0) takes: of its norm's whole input map."""
+        norm = self.runner.meta["norms"][stage - 1]
+        name = norm["input"]
+        quant = self.runner.quant(name)
+        if name in self.histograms:
+            mean, rstd = chain_statistics(self.histograms.pop(name), map_codec(quant, norm), norm)
+        else:
+            s = self.scales[name]
+            photo = self.maps[name][: -(-self.photo[0] // s), : -(-self.photo[1] // s)]
+            mean, rstd = norm_statistics(photo, quant, norm)
+        return {
+            name: self.runner.quant(name).encode(value.reshape(1, 1, 1, -1))
+            for name, value in ((f"mean{stage}", mean), (f"rstd{stage}", rstd))
+        }
+
+    def window(self, name: str, row: AxisWindow, col: AxisWindow, size: Size) -> np.ndarray:
+        """Map `name` under a window of `size` at (row.start, col.start) (a view, (1, h, w, C))."""
+        s = self.scales[name]
+        y, x = row.start // s, col.start // s
+        return self.maps[name][None, y : y + size[0] // s, x : x + size[1] // s]
+
+    def store(self, outputs: dict[str, np.ndarray], row: AxisWindow, col: AxisWindow) -> None:
+        """Keep the owned part of a window's outputs: into the maps (counted into their
+        histograms on the way) or, decoded to pixels, into the output photo."""
+        for name, out in outputs.items():
+            s = self.scales[name]
+            y0, y1 = row.own_start // s, row.own_end // s
+            x0, x1 = col.own_start // s, col.own_end // s
+            owned = out[
+                0, y0 - row.start // s : y1 - row.start // s, x0 - col.start // s : x1 - col.start // s
+            ]
+            if name == OUTPUT:
+                self.result[y0:y1, x0:x1] = (
+                    to_uint8(self.runner.quant(OUTPUT).decode(owned))
+                    if self.output_table is None
+                    else look_up(self.output_table, owned)
+                )
+                continue
+            if name not in self.maps:
+                shape = (self.padded[0] // s, self.padded[1] // s, out.shape[-1])
+                free = self.spare.get((shape, out.dtype))
+                self.maps[name] = free.pop() if free else np.empty(shape, out.dtype)
+            self.maps[name][y0:y1, x0:x1] = owned
+            if name in self.counted:
+                photo = (-(-self.photo[0] // s), -(-self.photo[1] // s))
+                self._count(name, owned[: max(0, photo[0] - y0), : max(0, photo[1] - x0)])
+
+    def _count(self, name: str, part: np.ndarray) -> None:
+        """Add the photo's own pixels of a window's owned part of map `name` to its histogram."""
+        if part.size == 0:
+            return
+        codec = map_codec(self.runner.quant(name), self.counted[name])
+        if name not in self.histograms:
+            self.histograms[name] = Histogram(part.shape[-1])
+        self.histograms[name].add(part if part.dtype == codec.dtype else codec.encode(part))
+
+    def release(self, stage: int) -> None:
+        """Drop the maps that no stage after `stage` reads; one of the shape of a later map lends
+        it its memory (already paged in)."""
+        maps = self.runner.meta["maps"]
+        for name in [n for n in self.maps if self.last_use.get(n, -1) <= stage]:
+            done = self.maps.pop(name)
+            if any(
+                m["stage"] > stage
+                and (m["scale"], m["channels"]) == (maps[name]["scale"], maps[name]["channels"])
+                for m in maps.values()
+            ):
+                self.spare.setdefault((done.shape, done.dtype), []).append(done)
+
+
 def enhance_whole(
     runner: StageRunner,
     pixels: np.ndarray,
@@ -281,9 +373,12 @@ def enhance_whole(
     smaller); statistics are taken over the photo's own pixels only, of quantized maps as each
     window's share is stored. `window`: the stage size to use (default: the one that computes
     the fewest pixels). `progress(done, total)` after each window run.
+
+    A window's outputs are stored by a second thread while the next window runs (the runtimes
+    release the GIL while they compute, numpy while it copies and counts): the copies and
+    counts run beside the network instead of between its calls.
     """
     h, w = pixels.shape[:2]
-    meta = runner.meta
     ph, pw = padded_size(h, w, runner.window_sizes)
     window = window or choose_window(runner.window_sizes, (ph, pw))
     if window not in runner.window_sizes:
@@ -291,108 +386,32 @@ def enhance_whole(
     if (ph, pw) != (h, w):
         pixels = np.pad(pixels, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
     rows, cols = plan_axis(ph, window[0]), plan_axis(pw, window[1])
-    stages = meta["stages"]
-    last_use = {name: k for k, stage in enumerate(stages) for name in stage["inputs"]}
-    image_codes = runner.quant(IMAGE).image_table()  # pixel -> input value, window by window
-    output_quant = runner.quant(OUTPUT)
-    output_table = output_quant.pixel_table()
-    # the maps whose statistics are counted as they are stored (quantized norms)
-    counted = {n["input"]: n for n in meta["norms"] if n["chain"] is not None}
-    histograms: dict[str, Histogram] = {}
-    maps: dict[str, np.ndarray] = {}
-    spare: dict[tuple, list[np.ndarray]] = {}  # maps no longer read, for a later map of their shape
-    result = np.empty((ph, pw, 3), np.uint8)
-    scales = {name: m["scale"] for name, m in meta["maps"].items()} | {IMAGE: 1, OUTPUT: 1}
+    stages = runner.meta["stages"]
+    maps = _Maps(runner, (h, w), (ph, pw))
+    image_table = runner.quant(IMAGE).image_table()  # pixel -> input value, window by window
     total, done = len(stages) * len(rows) * len(cols), 0
-    for k, stage in enumerate(stages):
-        stats = {}
-        if k > 0:
-            norm = meta["norms"][k - 1]
-            name = norm["input"]
-            quant = runner.quant(name)
-            if name in histograms:
-                mean, rstd = chain_statistics(histograms.pop(name), map_codec(quant, norm), norm)
-            else:
-                s = scales[name]
-                mean, rstd = norm_statistics(maps[name][: -(-h // s), : -(-w // s)], quant, norm)
-            for name, value in ((f"mean{k}", mean), (f"rstd{k}", rstd)):
-                stats[name] = runner.quant(name).encode(value.reshape(1, 1, 1, -1))
-        for row in rows:
-            for col in cols:
+    with ThreadPoolExecutor(max_workers=1) as storer:
+        for k, stage in enumerate(stages):
+            stats = maps.statistics(k) if k > 0 else {}
+            stored: Future | None = None
+            for row, col in itertools.product(rows, cols):
                 inputs = dict(stats)
                 for name in stage["inputs"]:
                     if name == IMAGE:
-                        inputs[name] = image_codes[
-                            pixels[None, row.start : row.start + window[0], col.start : col.start + window[1]]
+                        part = pixels[
+                            None, row.start : row.start + window[0], col.start : col.start + window[1]
                         ]
+                        inputs[name] = look_up(image_table, part)
                     elif name not in stats:
-                        s = scales[name]
-                        y, x = row.start // s, col.start // s
-                        inputs[name] = maps[name][None, y : y + window[0] // s, x : x + window[1] // s]
-                for name, out in runner.run(k, window, inputs).items():
-                    s = scales[name]
-                    y0, y1 = row.own_start // s, row.own_end // s
-                    x0, x1 = col.own_start // s, col.own_end // s
-                    owned = out[
-                        0,
-                        y0 - row.start // s : y1 - row.start // s,
-                        x0 - col.start // s : x1 - col.start // s,
-                    ]
-                    if name == OUTPUT:
-                        decoded = output_table[owned.view(np.uint8)] if output_table is not None else None
-                        result[y0:y1, x0:x1] = (
-                            to_uint8(output_quant.decode(owned)) if decoded is None else decoded
-                        )
-                        continue
-                    if name not in maps:
-                        shape = (ph // s, pw // s, out.shape[-1])
-                        free = spare.get((shape, out.dtype))
-                        maps[name] = free.pop() if free else np.empty(shape, out.dtype)
-                    maps[name][y0:y1, x0:x1] = owned
-                    if name in counted:
-                        _count(
-                            histograms,
-                            name,
-                            owned,
-                            (y0, x0),
-                            (-(-h // s), -(-w // s)),
-                            runner.quant(name),
-                            counted[name],
-                        )
+                        inputs[name] = maps.window(name, row, col, window)
+                outputs = runner.run(k, window, inputs)
+                if stored is not None:
+                    stored.result()  # the previous window's outputs are in (or raise here)
+                stored = storer.submit(maps.store, outputs, row, col)
                 done += 1
                 if progress:
                     progress(done, total)
-        for name in [n for n in maps if last_use.get(n, -1) <= k]:
-            done_map = maps.pop(name)  # read by no later stage
-            if _made_later(meta["maps"], meta["maps"][name], k):  # its memory, already paged in
-                spare.setdefault((done_map.shape, done_map.dtype), []).append(done_map)
-    return result[:h, :w]
-
-
-def _made_later(maps: dict, done: dict, stage: int) -> bool:
-    """Whether a stage after `stage` makes a map of the shape of `done` (scale, channels)."""
-    return any(
-        m["stage"] > stage and (m["scale"], m["channels"]) == (done["scale"], done["channels"])
-        for m in maps.values()
-    )
-
-
-def _count(
-    histograms: dict[str, Histogram],
-    name: str,
-    owned: np.ndarray,
-    origin: tuple[int, int],
-    photo: Size,
-    quant: Codec,
-    norm: dict,
-) -> None:
-    """Add the photo's own pixels of a window's owned part of map `name` (at `origin` in the
-    map; the photo covers [0, photo) of it) to the map's histogram, as codes."""
-    y0, x0 = origin
-    part = owned[: max(0, photo[0] - y0), : max(0, photo[1] - x0)]
-    if part.size == 0:
-        return
-    codec = map_codec(quant, norm)
-    if name not in histograms:
-        histograms[name] = Histogram(owned.shape[-1])
-    histograms[name].add(part if part.dtype == codec.dtype else codec.encode(part))
+            if stored is not None:
+                stored.result()
+            maps.release(k)
+    return maps.result[:h, :w]
