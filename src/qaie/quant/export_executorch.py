@@ -250,11 +250,12 @@ class PteModel:
             if num_threads is not None:
                 _set_threads(num_threads)
             self._program = Runtime.get().load_program(self.path)
-            self._methods = {}
+            self._methods: dict[Size, str] = {}  # loaded at first use: each plans its own memory
+            self._loaded = None
             for name in self._program.method_names:
                 match = _METHOD.fullmatch(name)
                 if match:
-                    self._methods[tuple(map(int, match.groups()))] = self._program.load_method(name)
+                    self._methods[tuple(map(int, match.groups()))] = name
         if not self._methods:
             raise QaieError(f"{self.path}: no enhance_HxW method; export it with `qaie export`")
         self.sizes: tuple[Size, ...] = tuple(sorted(self._methods))
@@ -268,7 +269,12 @@ class PteModel:
         """Enhance one tile of an exported size: uint8 (H, W, 3) -> uint8 (H, W, 3)."""
         check_pixels(tile)
         x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)[None].float() / 255
-        (y,) = self._methods[tile.shape[:2]].execute([x.contiguous()])
+        size = tile.shape[:2]
+        if self._loaded is None or self._loaded[0] != size:
+            self._loaded = None  # (frees the previous method first)
+            with quiet_native_stderr():
+                self._loaded = (size, self._program.load_method(self._methods[size]))
+        (y,) = self._loaded[1].execute([x.contiguous()])
         return (y[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
