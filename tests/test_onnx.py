@@ -90,7 +90,7 @@ def test_whole_photo_any_size_matches_tile_none(quant_models, onnx_files):
     from qaie.runtime.registry import open_deployed
 
     model = open_deployed(onnx_files["qat"], 2)
-    assert model.sizes is None and model.stages is None
+    assert model.sizes is None and model.stages is not None and model.fits_one_pass((203, 261))
     ref = quantize.convert(quant_models.qat)
     for h, w in ((200, 264), (203, 261)):
         photo = gradient_photo(h, w)

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from qaie.data.spec import SPEC_SYNTAX
+from qaie.errors import QaieError
 from qaie.jsonio import dumps
 
 
@@ -28,6 +29,13 @@ def add_enhance(sub: argparse._SubParsersAction) -> None:
         help="window size: one of the .tflite's sizes (default: the largest that fits); "
         "none: a checkpoint on the whole photo in one pass (the reference)",
     )
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="GB",
+        help=".onnx: photos whose one pass would take more memory run in the file's stages "
+        "(default 1.5; the other formats always run in bounded memory)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(handler=_run_enhance)
 
@@ -44,6 +52,10 @@ def _run_enhance(args: argparse.Namespace) -> int:
     tile = parse_size(args.tile, "--tile") if args.tile and not whole else None
     threads = parse_counts(args.threads, "--threads")[0] if args.threads else None
     model = open_model(args.model, threads, tile, whole=whole)
+    if args.memory_budget is not None:
+        if not hasattr(model, "memory_budget") or args.memory_budget <= 0:
+            raise QaieError("--memory-budget takes a positive number of GB, for an .onnx model")
+        model.memory_budget = args.memory_budget * 1e9
     jobs = plan_jobs(args.inputs, args.out, fmt=args.format, overwrite=args.overwrite)
     single, failed = len(jobs) == 1, 0
     with progress(total=len(jobs), unit="tile" if single else "image", disable=None) as bar:

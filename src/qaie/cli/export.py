@@ -49,8 +49,9 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-stages",
         action="store_true",
-        help=".tflite: only the whole-image signatures: larger photos are then tiled, each tile "
-        "normalised by its own statistics (default: also the stage signatures, for whole-photo output)",
+        help=".tflite, .pte: only the whole-image signatures: larger photos are then tiled, each tile "
+        "normalised by its own statistics; .onnx: no stage files, every photo in one pass, memory "
+        "growing with its size (default: also the stages, for whole-photo output in bounded memory)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)

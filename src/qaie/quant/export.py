@@ -126,20 +126,9 @@ def stage_signature_name(stage: int, size: Size) -> str:
 def _stage_graphs(graph: GraphModule, size: Size) -> tuple[dict[str, tuple[nn.Module, dict]], dict]:
     """The stage signatures of one window size (module, NHWC sample inputs) and their meta."""
     stages = split.split(graph)
-    h, w = size
-    maps = stages.meta["maps"]
     graphs = {}
     for k, (module, stage) in enumerate(zip(stages.graphs, stages.meta["stages"], strict=True)):
-        samples = {}
-        for name in stage["inputs"]:
-            if name == split.IMAGE:
-                samples[name] = torch.rand(1, h, w, 3)
-            elif name in maps:
-                s = maps[name]["scale"]
-                samples[name] = torch.rand(1, h // s, w // s, maps[name]["channels"])
-            else:  # mean{k} / rstd{k}
-                channels = stages.meta["norms"][int(name[4:]) - 1]["channels"]
-                samples[name] = torch.rand(1, 1, 1, channels) + 0.5
+        samples = {n: t.permute(0, 2, 3, 1) for n, t in split.sample_inputs(stages.meta, k, size).items()}
         graphs[stage_signature_name(k, size)] = (_NhwcStage(module, stage["inputs"]), samples)
     return graphs, stages.meta
 

@@ -25,11 +25,38 @@ from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.jsonio import dumps
 from qaie.nn.model import EnhanceNet
-from qaie.quant import calibrate, quantize
+from qaie.quant import calibrate, quantize, split
 from qaie.runtime.litert import sidecar_path
 from qaie.versions import package_versions
 
 Format = Literal["fp32", "int8"]
+
+
+class StageGraph(nn.Module):
+    """One stage of `qaie.quant.split` as exporters trace it: NCHW tensors in the order of
+    `inputs`, a tuple of `outputs` back (ONNX and ExecuTorch name them by position)."""
+
+    def __init__(self, graph: GraphModule, inputs: list[str], outputs: list[str]) -> None:
+        super().__init__()
+        self.stage = graph  # (not `graph`: an exported module's own FX graph has that name)
+        self.inputs, self.outputs = inputs, outputs
+
+    def forward(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        out = self.stage(*tensors)
+        return tuple(out[name] for name in self.outputs)
+
+
+def stage_graphs(source: Source, size: Size) -> tuple[list[tuple[StageGraph, tuple[Tensor, ...]]], dict]:
+    """The six stages of `source` in windows of `size` (`qaie.quant.split`: the converted graph's
+    trained scales, nothing re-quantized), each with NCHW sample inputs, and the split's meta."""
+    static = source.at(size)
+    stages = split.split(static if source.prepared is not None else split.static_graph(static, size))
+    graphs = []
+    for k, (module, stage) in enumerate(zip(stages.graphs, stages.meta["stages"], strict=True)):
+        samples = split.sample_inputs(stages.meta, k, size)
+        graph = StageGraph(module, stage["inputs"], stage["outputs"])
+        graphs.append((graph, tuple(samples[name] for name in stage["inputs"])))
+    return graphs, stages.meta
 
 
 def check_outputs(out: Path, overwrite: bool = True) -> None:

@@ -10,7 +10,11 @@ inspect F.pte` lists them). FP32 is the float network, delegated the same way.
 One method per exported size, ``enhance_{H}x{W}`` (fixed shapes, as for `.tflite`); input
 and output are float32 NCHW in [0, 1] (an INT8 method quantizes its input at scale 1/255,
 zero point -128 inside the delegate, which maps every 8-bit pixel exactly, and dequantizes
-its output likewise). Beside every `FILE.pte` a sidecar `FILE.pte.json`.
+its output likewise). Beside each, for sizes that can be windows (`wholephoto.is_window`), the
+six stages of `qaie.quant.split` as methods ``stage{k}_{H}x{W}`` (float32 NCHW I/O, maps through
+their own quantize and dequantize: `qaie.runtime.floatstages`), with which a photo of any other
+size gets the whole-photo output in windows instead of tiles each normalised by its own
+statistics. Beside every `FILE.pte` a sidecar `FILE.pte.json` (with the stages' meta).
 
 ExecuTorch's Python runtime is built on torch, so the runner lives here, not in the
 torch-free `qaie.runtime`.
@@ -36,8 +40,10 @@ from qaie.imageio import Size
 from qaie.nativelog import quiet_native_stderr
 from qaie.nn.model import EnhanceNet
 from qaie.quant import export_base
-from qaie.quant.export import signature_name  # a .pte method is named as a .tflite signature
-from qaie.runtime.litert import check_pixels
+from qaie.quant.export import signature_name, stage_signature_name  # .pte methods: as .tflite
+from qaie.runtime.floatstages import FloatIoStages
+from qaie.runtime.litert import STAGE_SIGNATURE, check_pixels, read_sidecar
+from qaie.runtime.wholephoto import is_window
 
 INSTALL_HINT = "ExecuTorch needs the executorch extra: pip install 'qaie[executorch]'"
 _METHOD = re.compile(r"enhance_(\d+)x(\d+)")
@@ -97,10 +103,12 @@ def export_pte(
     *,
     calibration: Iterable[Tensor] | None = None,
     source_checkpoint: str | None = None,
+    stages: bool = True,
 ) -> PteExportResult:
-    """Write `source` to `out` (.pte), one XNNPACK-delegated method per (H, W) in `sizes`.
+    """Write `source` to `out` (.pte), one XNNPACK-delegated method per (H, W) in `sizes`, and
+    (`stages`) the stage methods of each size that can be a window.
 
-    Args mirror `qaie.quant.export_onnx.export_onnx`; `sizes` as for `export_tflite`.
+    Args mirror `qaie.quant.export_onnx.export_onnx`; `sizes` and `stages` as for `export_tflite`.
     """
     from torchao.quantization.pt2e.constant_fold import constant_fold
     from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
@@ -110,15 +118,23 @@ def export_pte(
     check_pte_output(out)
     sizes = export_base.export_sizes(sizes)
     net = export_base.source_for(fmt, source, calibration)
-    programs = {}
+
+    def folded(graph: torch.nn.Module) -> torch.nn.Module:
+        if net.prepared is not None:
+            _vector_scalars(graph)
+            constant_fold(graph, _quant_node_constraint)  # int8 weights: what XNNPACK delegates
+            graph.recompile()
+        return graph
+
+    programs, meta = {}, None
     for size in sizes:
         example = torch.rand(1, 3, *size)
-        static = net.at(size)
-        if net.prepared is not None:
-            _vector_scalars(static)
-            constant_fold(static, _quant_node_constraint)  # int8 weights: what XNNPACK delegates
-            static.recompile()
-        programs[signature_name(size)] = torch.export.export(static, (example,))
+        programs[signature_name(size)] = torch.export.export(folded(net.at(size)), (example,))
+        if stages and is_window(size):
+            graphs, meta = export_base.stage_graphs(net, size)
+            for k, (graph, samples) in enumerate(graphs):
+                folded(graph.stage)
+                programs[stage_signature_name(k, size)] = torch.export.export(graph, samples)
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     data = edge.to_executorch().buffer
     io = {
@@ -138,6 +154,7 @@ def export_pte(
             "runtime": "executorch",
             "backend": "xnnpack",
             "methods": list(programs),
+            "stages": meta,
             "ops": ops.to_json(),
         },
         ("executorch",),
@@ -220,8 +237,6 @@ class PteModel:
             None leaves its default).
     """
 
-    stages = None
-
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -235,24 +250,60 @@ class PteModel:
             if num_threads is not None:
                 _set_threads(num_threads)
             self._program = Runtime.get().load_program(self.path)
-            self._methods = {}
+            self._methods: dict[Size, str] = {}  # loaded at first use: each plans its own memory
+            self._loaded = None
             for name in self._program.method_names:
                 match = _METHOD.fullmatch(name)
                 if match:
-                    self._methods[tuple(map(int, match.groups()))] = self._program.load_method(name)
+                    self._methods[tuple(map(int, match.groups()))] = name
         if not self._methods:
             raise QaieError(f"{self.path}: no enhance_HxW method; export it with `qaie export`")
         self.sizes: tuple[Size, ...] = tuple(sorted(self._methods))
-        from qaie.runtime.litert import read_sidecar
-
-        self.is_int8 = read_sidecar(self.path).get("format") == "int8"
+        sidecar = read_sidecar(self.path)
+        self.is_int8 = sidecar.get("format") == "int8"
+        meta = sidecar.get("stages")
+        stages = PteStages(self._program, meta) if meta else None
+        self.stages: PteStages | None = stages if stages and stages.window_sizes else None
 
     def run(self, tile: np.ndarray) -> np.ndarray:
         """Enhance one tile of an exported size: uint8 (H, W, 3) -> uint8 (H, W, 3)."""
         check_pixels(tile)
         x = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)[None].float() / 255
-        (y,) = self._methods[tile.shape[:2]].execute([x.contiguous()])
+        size = tile.shape[:2]
+        if self._loaded is None or self._loaded[0] != size:
+            self._loaded = None  # (frees the previous method first)
+            with quiet_native_stderr():
+                self._loaded = (size, self._program.load_method(self._methods[size]))
+        (y,) = self._loaded[1].execute([x.contiguous()])
         return (y[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+class PteStages(FloatIoStages):
+    """The stage methods of a `.pte` (``stage{k}_{H}x{W}``) as a `wholephoto.StageRunner`. One
+    method is loaded at a time (its planned memory is one window's activations of one stage):
+    stages run in order over every window, so each loads once per photo."""
+
+    def __init__(self, program, meta: dict) -> None:
+        self._program = program
+        found = {}
+        for name in program.method_names:
+            match = STAGE_SIGNATURE.fullmatch(name)
+            if match:
+                k, h, w = map(int, match.groups())
+                found[k, (h, w)] = name
+        n = len(meta["stages"])
+        windows = tuple(sorted({s for _, s in found if all((k, s) in found for k in range(n))}))
+        self._names, self._loaded = found, None
+        super().__init__(meta, windows, self._run_graph)
+
+    def _run_graph(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._loaded is None or self._loaded[0] != (stage, size):
+            self._loaded = None  # (frees the previous method first)
+            with quiet_native_stderr():
+                self._loaded = ((stage, size), self._program.load_method(self._names[stage, size]))
+        spec = self.meta["stages"][stage]
+        outputs = self._loaded[1].execute([torch.from_numpy(inputs[name]) for name in spec["inputs"]])
+        return {name: value.numpy() for name, value in zip(spec["outputs"], outputs, strict=True)}
 
 
 # Loads the program and every method in a child process: ExecuTorch's Python bindings send its

@@ -20,8 +20,18 @@ scale, so nothing is re-quantized. Three rewrites make it the usual deployable Q
 Layout NCHW (ONNX's own), batch 1, H and W dynamic: one file takes any photo in one pass (the
 network's whole-photo output). FP32: float32 in [0, 1], the same layout. Opset 21.
 
+One pass over a 12 MP photo holds every activation (gigabytes), so beside `FILE.onnx` go the six
+stages of `qaie.quant.split` in windows of fixed sizes (default STAGE_WINDOW), one file each in
+the folder `FILE.onnx.stages/` (``stage{k}_{H}x{W}.onnx``): with them `qaie.runtime.wholephoto`
+computes the whole-photo output in bounded memory (`qaie.runtime.onnxrt` picks by a memory
+budget). The stages are the same converted graph, split, with the same three rewrites; their
+inputs and outputs are float32 NCHW (maps enter through their own QuantizeLinear and leave
+through their DequantizeLinear: `qaie.runtime.floatstages`). The split's graphs have their
+window's shapes in them (resizes, views), hence fixed sizes rather than dynamic ones.
+
 Beside every `FILE.onnx` a sidecar `FILE.onnx.json` (as for `.tflite`): config, format, I/O,
-op counts, versions and the source checkpoint. Both are written atomically.
+op counts, the stages and their windows, versions and the source checkpoint. All are written
+atomically, the stages first, the sidecar last.
 """
 
 from __future__ import annotations
@@ -39,16 +49,31 @@ from torch import Tensor
 from torch.export import Dim
 from torch.fx import GraphModule
 
+from qaie.atomic import atomic_path
 from qaie.errors import QaieError
+from qaie.imageio import Size
 from qaie.nativelog import quiet_loggers
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize
-from qaie.quant.export_base import check_outputs, common_sidecar, io_summary, source_for, write_export
-from qaie.runtime.onnxrt import INPUT_NAME, INSTALL_HINT, IO_META, OUTPUT_NAME, onnx_op_table
+from qaie.quant.export import stage_signature_name
+from qaie.quant.export_base import (
+    Source,
+    check_outputs,
+    common_sidecar,
+    io_summary,
+    source_for,
+    stage_graphs,
+    write_export,
+)
+from qaie.runtime.onnxrt import INPUT_NAME, INSTALL_HINT, IO_META, OUTPUT_NAME, onnx_op_table, stage_folder
+from qaie.runtime.wholephoto import check_window
 
 OPSET = 21
 _MAX_SIDE = 1 << 14
 _TRACE_SIZE = (64, 96)  # any size: H and W are exported as dynamic
+# The stage window: a 12 MP photo (3000x4000) in 4x4 windows, the fewest pixels computed twice
+# for its size (`wholephoto.choose_window`), as the shipped .tflite.
+STAGE_WINDOW = (808, 1064)
 
 
 @dataclass(frozen=True)
@@ -61,10 +86,14 @@ class OnnxExportResult:
     file_bytes: int
     seconds: float
     ops: dict[str, int]  # ONNX op type -> count, in the file
+    stage_windows: list[Size]  # window sizes of the stage files (none: one pass only)
 
     def summary(self) -> list[str]:
         """What `qaie export` prints below its `wrote` line."""
-        return [f"  any size (dynamic H, W); {io_summary(self.io)}"]
+        lines = [f"  any size (dynamic H, W); {io_summary(self.io)}"]
+        for h, w in self.stage_windows:
+            lines.append(f"  stages: 6 in {stage_folder(self.path)}/ (whole-photo output in {h}x{w} windows)")
+        return lines
 
 
 def check_onnx_output(out: Path, overwrite: bool = True) -> None:
@@ -85,8 +114,10 @@ def export_onnx(
     *,
     calibration: Iterable[Tensor] | None = None,
     source_checkpoint: str | None = None,
+    stages: bool = True,
+    stage_windows: Iterable[Size] = (STAGE_WINDOW,),
 ) -> OnnxExportResult:
-    """Write `source` to `out` (.onnx) with dynamic H and W.
+    """Write `source` to `out` (.onnx) with dynamic H and W, and its stages beside it.
 
     Args:
         source: an FP32 EnhanceNet, or a prepared QAT/PTQ graph (`qaie.quant.quantize`).
@@ -94,22 +125,28 @@ def export_onnx(
         out: the .onnx path; the sidecar goes to ``out`` + ".json".
         calibration: (B, 3, h, w) batches in [0, 1] for PTQ.
         source_checkpoint: recorded in the sidecar.
+        stages: also write the stage files of each of `stage_windows` (`wholephoto.is_window`
+            sizes); without them every photo runs in one pass, its memory growing with its size.
     """
     import onnx
 
     out = Path(out)
     check_onnx_output(out)
+    windows = list(dict.fromkeys(tuple(s) for s in stage_windows)) if stages else []
+    for window in windows:
+        check_window(window)
     net = source_for(fmt, source, calibration)
     if net.fmt == "fp32":
-        model = _to_onnx(net.net)
+        model = _to_onnx(net.net, {INPUT_NAME: torch.rand(1, 3, *_TRACE_SIZE)}, [OUTPUT_NAME], dynamic=True)
         io = {"dtype": "float32", "scale": None, "zero_point": None}
     else:
-        model = _to_onnx(net.converted())
-        _int8_weights(model)
-        _int32_biases(model)
-        _uint8(model)
+        model = _to_onnx(
+            net.converted(), {INPUT_NAME: torch.rand(1, 3, *_TRACE_SIZE)}, [OUTPUT_NAME], dynamic=True
+        )
+        _integer_graph(model)
         _integer_io(model)
         io = {"dtype": "uint8", "scale": quantize.IO_SCALE, "zero_point": quantize.IO_ZERO_POINT + 128}
+    meta = _write_stages(net, windows, stage_folder(out))
     io = {"layout": "NCHW", "input": INPUT_NAME, "output": OUTPUT_NAME, **io}
     for key in ("dtype", "scale", "zero_point"):
         onnx.helper.set_model_props(model, {**_props(model), f"{IO_META}{key}": str(io[key])})
@@ -125,31 +162,60 @@ def export_onnx(
             "opset": OPSET,
             "dynamic_size": True,
             "ops": dict(Counter(ops).most_common()),
+            "stages": meta,
+            "stage_windows": [list(w) for w in windows],
         },
         ("onnx", "onnxscript", "onnxruntime"),
     )
     return OnnxExportResult(
-        out, sidecar, fmt, net.quant, io, len(data), time.perf_counter() - net.started, ops
+        out, sidecar, fmt, net.quant, io, len(data), time.perf_counter() - net.started, ops, windows
     )
+
+
+def _write_stages(net: Source, windows: list[Size], folder: Path) -> dict | None:
+    """Each stage of each window size as ``folder/stage{k}_{H}x{W}.onnx`` (float I/O, the
+    integer rewrites inside); the split's meta, None without windows."""
+    meta = None
+    for window in windows:
+        graphs, meta = stage_graphs(net, window)
+        for k, (graph, samples) in enumerate(graphs):
+            model = _to_onnx(graph, dict(zip(graph.inputs, samples, strict=True)), graph.outputs)
+            if net.fmt == "int8":
+                _integer_graph(model)
+            folder.mkdir(exist_ok=True)
+            with atomic_path(folder / f"{stage_signature_name(k, window)}.onnx") as tmp:
+                tmp.write_bytes(model.SerializeToString())
+    return meta
+
+
+def _integer_graph(model) -> None:
+    """The converted graph's QDQ form as ONNX Runtime fuses it into integer kernels (see above)."""
+    _int8_weights(model)
+    _int32_biases(model)
+    _uint8(model)
 
 
 def _props(model) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _to_onnx(module: torch.nn.Module):
-    """torch.onnx (dynamo) export with batch 1 and dynamic H, W: an onnx.ModelProto."""
-    height = Dim("height", min=quantize.MIN_TRACED_SIDE, max=_MAX_SIDE)
-    width = Dim("width", min=quantize.MIN_TRACED_SIDE, max=_MAX_SIDE)
+def _to_onnx(module: torch.nn.Module, inputs: dict[str, Tensor], outputs: list[str], dynamic: bool = False):
+    """torch.onnx (dynamo) export of `module` on `inputs` (positional, named): an
+    onnx.ModelProto, with batch 1 and, if `dynamic`, dynamic H and W of its one input."""
+    dynamic_shapes = None
+    if dynamic:
+        height = Dim("height", min=quantize.MIN_TRACED_SIDE, max=_MAX_SIDE)
+        width = Dim("width", min=quantize.MIN_TRACED_SIDE, max=_MAX_SIDE)
+        dynamic_shapes = ({2: height, 3: width},)
     with torch.no_grad(), quiet_loggers("torch.onnx"):
         program = torch.onnx.export(
             quantize.for_inference(module),
-            (torch.rand(1, 3, *_TRACE_SIZE),),
+            tuple(inputs.values()),
             dynamo=True,
-            dynamic_shapes=({2: height, 3: width},),
+            dynamic_shapes=dynamic_shapes,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=list(inputs),
+            output_names=outputs,
             optimize=True,
             verbose=False,
         )

@@ -274,6 +274,23 @@ def split(module: GraphModule) -> Stages:
     return Stages(graphs, meta)
 
 
+def sample_inputs(meta: dict, stage: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """NCHW sample inputs of stage `stage` in windows of `size` (what an exporter traces with):
+    the image in [0, 1], maps at their scales, statistics around 1 (rstd must be positive)."""
+    h, w = size
+    samples = {}
+    for name in meta["stages"][stage]["inputs"]:
+        if name == IMAGE:
+            samples[name] = torch.rand(1, 3, h, w)
+        elif name in meta["maps"]:
+            s = meta["maps"][name]["scale"]
+            samples[name] = torch.rand(1, meta["maps"][name]["channels"], h // s, w // s)
+        else:  # mean{k} / rstd{k}
+            channels = meta["norms"][int(name[4:]) - 1]["channels"]
+            samples[name] = torch.rand(1, channels, 1, 1) + 0.5
+    return samples
+
+
 def static_graph(net: nn.Module, size: tuple[int, int]) -> GraphModule:
     """The graph `split` takes, at one (H, W): a torch.export of an FP32 EnhanceNet, or the
     quantized reference model of a prepared QAT/PTQ graph (`qaie.quant.quantize`)."""

@@ -146,9 +146,10 @@ class WholeReport:
 def frame_mode(model: TileModel, size: Size) -> tuple[str, Size, int]:
     """How a frame of `size` runs: mode, the exported size used (tile, or stage window), and
     interpreter calls per frame."""
-    if model.sizes is None:  # any size (ONNX): the frame in one call
+    fits = getattr(model, "fits_one_pass", None)  # any size (ONNX): one call within its budget
+    if model.sizes is None and (fits is None or fits(size)):
         return "direct", size, 1
-    if model.stages is not None and size not in model.sizes:
+    if model.stages is not None and (model.sizes is None or size not in model.sizes):
         padded = padded_size(*size, model.stages.window_sizes)
         window = choose_window(model.stages.window_sizes, padded)
         calls = len(plan_axis(padded[0], window[0])) * len(plan_axis(padded[1], window[1]))

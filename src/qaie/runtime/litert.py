@@ -153,7 +153,7 @@ class TileModel(Protocol):
     def run(self, tile: np.ndarray) -> np.ndarray: ...
 
 
-_STAGE_SIGNATURE = re.compile(r"stage(\d+)_(\d+)x(\d+)")
+STAGE_SIGNATURE = re.compile(r"stage(\d+)_(\d+)x(\d+)")
 
 
 class TFLiteStages:
@@ -168,7 +168,7 @@ class TFLiteStages:
         self._ready: set[tuple[int, Size]] = set()  # runners called once: tensors allocated
         self._interpreter = interpreter
         for key in interpreter.get_signature_list():
-            match = _STAGE_SIGNATURE.fullmatch(key)
+            match = STAGE_SIGNATURE.fullmatch(key)
             if match:
                 k, h, w = map(int, match.groups())
                 self._runners[k, (h, w)] = interpreter.get_signature_runner(key)
@@ -225,7 +225,7 @@ class TFLiteModel:
         self._runners = {}
         signatures = {}
         for key in self._interpreter.get_signature_list():
-            if _STAGE_SIGNATURE.fullmatch(key):
+            if STAGE_SIGNATURE.fullmatch(key):
                 continue
             runner = self._interpreter.get_signature_runner(key)
             sig = _usable_signature(key, runner)
@@ -376,7 +376,9 @@ def enhance_image(
 ) -> np.ndarray:
     """Enhance an RGB photo of any size: uint8 (H, W, 3) -> uint8 (H, W, 3).
 
-    An image that fits an exported size is reflect-padded to it and cropped back. A larger one
+    A model of any size (`sizes` None) runs the photo in one pass, unless its `fits_one_pass`
+    (size) says the photo is over its memory budget: then its stages run, as for a larger photo
+    than a fixed-size model's. An image that fits an exported size is reflect-padded to it and cropped back. A larger one
     is cut into overlapping tiles of `tile` (default: the largest exported size; see
     plan_tiles); each tile's output is weighted by a separable raised-cosine window and
     accumulated, so seams fade across the whole overlap. Memory: one float32 accumulator the
@@ -385,7 +387,10 @@ def enhance_image(
     """
     h, w = check_pixels(pixels)
     stages = getattr(model, "stages", None)
-    if model.sizes is None or ((h, w) in model.sizes and tile in (None, (h, w))):
+    fits = getattr(model, "fits_one_pass", None)  # a dynamic-size model with stages: by budget
+    if (model.sizes is None and (fits is None or fits((h, w)))) or (
+        model.sizes is not None and (h, w) in model.sizes and tile in (None, (h, w))
+    ):
         out = model.run(pixels)  # one pass over the whole photo: any size, or an exported one
         if progress:
             progress(1, 1)

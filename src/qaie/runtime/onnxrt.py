@@ -3,6 +3,10 @@
 Torch-free (onnxruntime and numpy), like the LiteRT runtime. A file exported by qaie has
 dynamic H and W, so a photo runs in one pass, the network's whole-photo output (`sizes` is
 None for `enhance_image`); a file with a fixed size takes photos of that size, padded or tiled.
+One pass holds every activation of the photo, so a photo whose one pass would need more than
+a memory budget (DEFAULT_MEMORY_BUDGET) runs the file's stages instead (`FILE.onnx.stages/`,
+see qaie.quant.export_onnx), in windows, with the same whole-photo output in bounded memory.
+A file without stages (exported before them, or with --no-stages) runs every photo in one pass.
 Input and output are NCHW: int8 at the scale and zero point the file's metadata records
 (keys "qaie.io.scale", "qaie.io.zero_point"), or float32 in [0, 1].
 """
@@ -21,7 +25,8 @@ import numpy as np
 from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.runtime.codec import Codec
-from qaie.runtime.litert import model_file
+from qaie.runtime.floatstages import FloatIoStages
+from qaie.runtime.litert import model_file, read_sidecar
 from qaie.runtime.optable import OpRow, format_rows, op_rows
 
 INPUT_NAME = "image"
@@ -30,6 +35,17 @@ IO_META = "qaie.io."  # metadata_props prefix of the I/O quantization
 INSTALL_HINT = "ONNX needs the onnx extra: pip install 'qaie[onnx]'"
 _FLOAT = ("float", "double", "float16")
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+DEFAULT_MEMORY_BUDGET = 1.5e9  # bytes: a photo whose one pass would need more runs in stages
+# One pass's peak memory per pixel and per channel of the network's width (`model_config.width`),
+# an upper bound of what /usr/bin/time -v measured for the shipped c32 INT8 export: 1.59 GB at
+# 1080x1920, 2.09 GB at 1536x2048, 7.9 GB at 3000x4000 (estimated 1.66, 2.48, 9.3 GB).
+ONE_PASS_BYTES_PER_PIXEL_CHANNEL = 24.0
+ONE_PASS_BASE_BYTES = 65e6  # the interpreter and the session, before a run
+
+
+def stage_folder(path: Path) -> Path:
+    """Where the stage files of `FILE.onnx` go: ``FILE.onnx.stages/``."""
+    return path.with_name(path.name + ".stages")
 
 
 def import_onnxruntime():
@@ -41,13 +57,14 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def _session(path: Path, threads: int, profile: str | None = None):
+def _session(path: Path, threads: int, profile: str | None = None, arena: bool = True):
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only
+    options.enable_cpu_mem_arena = arena  # (an arena keeps its peak after a run)
     if profile:
         options.enable_profiling = True
         options.profile_file_prefix = profile
@@ -58,18 +75,48 @@ def _session(path: Path, threads: int, profile: str | None = None):
         raise QaieError(f"{path}: not an ONNX model ONNX Runtime can load ({reason})") from None
 
 
+class OnnxStages(FloatIoStages):
+    """The stage files of an exported `.onnx` (``FILE.onnx.stages/stage{k}_{H}x{W}.onnx``) as a
+    `wholephoto.StageRunner`. Sessions open at first use and without ONNX Runtime's memory
+    arena, so memory is one window's activations of the stage running."""
+
+    def __init__(self, folder: Path, meta: dict, windows: list[list[int]], threads: int) -> None:
+        n = len(meta["stages"])
+        files = {(k, (h, w)): folder / f"stage{k}_{h}x{w}.onnx" for h, w in windows for k in range(n)}
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if missing:
+            raise QaieError(f"{missing[0]}: stage file missing; export the model again")
+        self._files, self._threads = files, threads
+        self._sessions: dict[tuple[int, Size], object] = {}
+        super().__init__(meta, tuple(sorted({tuple(w) for w in windows})), self._run_graph)
+
+    def _run_graph(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        key = (stage, size)
+        if key not in self._sessions:
+            self._sessions[key] = _session(self._files[key], self._threads, arena=False)
+        session = self._sessions[key]
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs), strict=True))
+
+
 class OnnxModel:
     """An exported enhancement model in ONNX Runtime (CPU).
 
     Args:
         path: the `.onnx` file.
         num_threads: intra-op threads (default: all cores this process may use).
+        memory_budget: bytes a photo's one pass may take (estimated from its pixels); larger
+            photos run in the file's stages, when it has them.
     """
 
-    stages = None  # one pass over the whole photo: no stage windows needed
-
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_threads: int | None = None,
+        memory_budget: float = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
         self.path, self.num_threads = model_file(path, num_threads)
+        self.memory_budget = memory_budget
         self._session = _session(self.path, self.num_threads)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         shape = tuple(inputs[0].shape) if len(inputs) == 1 else ()
@@ -83,6 +130,20 @@ class OnnxModel:
         self.output = self._codec(outputs[0].type, meta)
         fixed = all(isinstance(d, int) for d in shape[2:])
         self.sizes: tuple[Size, ...] | None = ((shape[2], shape[3]),) if fixed else None
+        sidecar = read_sidecar(self.path)
+        self._width = int(sidecar.get("model_config", {}).get("width", 32))
+        meta, windows = sidecar.get("stages"), sidecar.get("stage_windows")
+        self.stages = (
+            OnnxStages(stage_folder(self.path), meta, windows, self.num_threads) if meta and windows else None
+        )
+
+    def one_pass_bytes(self, size: Size) -> float:
+        """Estimated peak memory of one pass over an (H, W) photo (measured per pixel)."""
+        return ONE_PASS_BASE_BYTES + ONE_PASS_BYTES_PER_PIXEL_CHANNEL * self._width * size[0] * size[1]
+
+    def fits_one_pass(self, size: Size) -> bool:
+        """Whether an (H, W) photo runs in one pass: within the memory budget, or no stages."""
+        return self.stages is None or self.one_pass_bytes(size) <= self.memory_budget
 
     def _codec(self, ort_type: str, meta: dict[str, str]) -> Codec:
         dtype = _ORT_TYPES.get(ort_type)

@@ -113,13 +113,14 @@ RUNTIMES = (
         "onnx", (".onnx",), "qaie.runtime.onnxrt:OnnxModel", "qaie.runtime.onnxrt:inspect_onnx",
         "qaie.runtime.onnxrt:format_onnx_table",
         "qaie.quant.export_onnx:export_onnx", "qaie.quant.export_onnx:check_onnx_output",
-        frozenset(), "onnxruntime",
+        frozenset({NO_STAGES}), "onnxruntime",
     ),
     Runtime(
         "executorch", (".pte",), "qaie.quant.export_executorch:PteModel",
         "qaie.quant.export_executorch:inspect_pte", "qaie.quant.export_executorch:format_pte_table",
         "qaie.quant.export_executorch:export_pte",
-        "qaie.quant.export_executorch:check_pte_output", frozenset({SIZE}), "executorch.runtime",
+        "qaie.quant.export_executorch:check_pte_output", frozenset({SIZE, NO_STAGES}),
+        "executorch.runtime",
     ),
 )  # fmt: skip
 DEPLOYED_SUFFIXES = tuple(s for r in RUNTIMES for s in r.suffixes)
