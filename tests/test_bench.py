@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from qaie.cli import main
-from qaie.runtime.bench import BenchRow, CompareRow, WholeRow
+from qaie.runtime.bench import BenchRow, CompareRow, WholeRow, peak_rss_mb
 
 
 def test_bench_json_rows(tmp_path, tiny_tflite, capsys):
@@ -130,3 +133,15 @@ def test_bench_whole_takes_no_size_or_compare(capsys):
         assert capsys.readouterr().err.strip() == (
             "qaie bench: error: --whole times one photo size of one file; it takes no --size or --compare"
         )
+
+
+def test_a_child_reports_its_own_peak_not_its_parents():
+    """getrusage's maxrss outlives vfork + exec, so a child of this (large) process would report
+    this process's peak as its own: bench's per-configuration memory and the 12 MP memory test
+    read `peak_rss_mb` in the child, which must not."""
+    ballast = np.ones(512 * 2**20, np.uint8)  # 512 MiB touched here
+    code = "from qaie.runtime.bench import peak_rss_mb; print(peak_rss_mb())"
+    child = float(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    )
+    assert peak_rss_mb() > 512 + child and ballast[-1] == 1

@@ -2,7 +2,7 @@
 or ExecuTorch, whichever `qaie.runtime.registry` gives the file.
 
 Each (frame size, threads) configuration runs in a fresh Python process, so its peak RSS
-(`getrusage` maxrss) belongs to that configuration alone: `peak_rss_mb` is the whole
+(`peak_rss_mb`, not inherited from this one) belongs to that configuration alone: `peak_rss_mb` is the whole
 process, `model_rss_mb` the growth over the process after importing the runtime (the
 interpreter, its tensor arenas, the frame and the tiling buffers). A frame of an exported size
 is one interpreter call; a smaller one is padded, a larger one enhanced stage by stage in
@@ -381,13 +381,26 @@ def measure_pair(path: Path, other: Path, size: Size, threads: int, runs: int, w
     )  # fmt: skip
 
 
-def _max_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    Linux's `getrusage` maxrss survives `exec`: a child started by `subprocess` (vfork, then
+    exec) reports at least its parent's peak. /proc's VmHWM belongs to the address space the
+    process runs in now, so it is read where it exists.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def measure(path: Path, size: Size, threads: int, runs: int, warmup: int) -> BenchRow:
     """Time one configuration in this process (call it in a fresh one for honest memory)."""
-    base_mb = _max_rss_mb()
+    base_mb = peak_rss_mb()
     model = registry.open_deployed(path, num_threads=threads)
     mode, tile, tiles = frame_mode(model, size)
     frame = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)  # content-independent
@@ -398,7 +411,7 @@ def measure(path: Path, size: Size, threads: int, runs: int, warmup: int) -> Ben
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1000)
     p10, median, p90 = np.percentile(times, [10, 50, 90])
-    peak_mb = _max_rss_mb()
+    peak_mb = peak_rss_mb()
     return BenchRow(
         format_size(size), threads, mode, format_size(tile), tiles, runs, warmup,
         *(round(float(t), 3) for t in (median, p10, p90, min(times), max(times))),
