@@ -113,6 +113,18 @@ def test_codec_tables_are_its_arithmetic(codec):
         assert table is None
 
 
+def test_codec_encodes_in_its_scratch_what_it_encodes_from_a_copy():
+    """`encode(scratch=True)` (a stage's float outputs, rounded where they lie) gives the codes
+    of the plain arithmetic, ties to even and clipped, on a strided view as stage outputs are."""
+    codec = Codec(np.dtype(np.int8), 0.25, 3)
+    values = np.random.default_rng(0).normal(0, 20, (1, 4, 6, 5)).astype(np.float32)
+    values[0, 0, 0, :3] = [0.125, 0.375, -0.625]  # ties: 0.5, 1.5, -2.5 steps
+    expected = np.clip(np.rint(values * np.float32(4.0)) + 3, -128, 127).astype(np.int8)
+    scratch = values.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(codec.encode(scratch), expected.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(codec.encode(scratch, scratch=True), expected.transpose(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

@@ -142,3 +142,12 @@ def test_cli_enhance_with_a_memory_budget(staged_files, tmp_path, capsys):
     ]
     assert main([*pte_argv, "--memory-budget", "1"]) == 2
     assert "--memory-budget" in capsys.readouterr().err
+
+
+def test_pte_stages_keep_one_method_loaded(staged_files):
+    """ExecuTorch's Program caches every method it loads, each with its XNNPACK workspace; the
+    stage runner drops the previous stage's, so a photo holds one stage's memory at a time."""
+    pte = open_deployed(staged_files["pte"], 2)
+    enhance_image(pte, gradient_photo(*PHOTOS[0], 0))
+    loaded = [name for name, method in pte.stages._program._methods.items() if method is not None]
+    assert loaded == [f"stage5_{WINDOW[0]}x{WINDOW[1]}"]

@@ -298,7 +298,11 @@ class PteStages(FloatIoStages):
 
     def _run_graph(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._loaded is None or self._loaded[0] != (stage, size):
-            self._loaded = None  # (frees the previous method first)
+            if self._loaded is not None:
+                # The Program caches every method it loads, with its XNNPACK runtime and
+                # workspace: the previous stage's is dropped before the next one loads.
+                self._program._methods[self._names[self._loaded[0]]] = None
+                self._loaded = None
             with quiet_native_stderr():
                 self._loaded = ((stage, size), self._program.load_method(self._names[stage, size]))
         spec = self.meta["stages"][stage]
