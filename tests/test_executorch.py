@@ -42,6 +42,19 @@ def test_int8_convolutions_are_delegated(pte_files):
     assert not [op for op in table.kernels if "convolution" in op or "quantize_per_channel" in op]
 
 
+def test_sidecar_names_each_methods_planned_memory(pte_files):
+    """The memory ExecuTorch allocates for a whole program is its largest method's planned
+    buffers: the sidecar gives each; the one pass holds at least its float input and output."""
+    from qaie.runtime.litert import read_sidecar
+
+    sidecar = read_sidecar(pte_files["qat"])
+    planned = sidecar["planned_bytes"]
+    assert sorted(planned) == sorted(sidecar["methods"])
+    h, w = QUANT_SIZES[0]
+    assert planned[f"enhance_{h}x{w}"] >= 2 * 3 * h * w * 4
+    assert all(size > 0 for size in planned.values())
+
+
 def test_parity(quant_models, pte_files):
     from qaie.experiment.parity import run_parity
 

@@ -60,10 +60,16 @@ class PteExportResult:
     file_bytes: int
     seconds: float
     ops: PteOpTable
+    planned: dict[str, int]  # method -> bytes of its memory-planned buffers
 
     def summary(self) -> list[str]:
         """What `qaie export` prints below its `wrote` line."""
-        return [f"  methods {', '.join(self.methods)}; {export_base.io_summary(self.io)}"]
+        largest = max(self.planned, key=self.planned.get)
+        return [
+            f"  methods {', '.join(self.methods)}; {export_base.io_summary(self.io)}",
+            f"  planned memory {self.planned[largest] / 2**20:.0f} MiB, allocated when the file "
+            f"loads and shared by every method: {largest}'s (export fewer or smaller sizes for less)",
+        ]
 
 
 def check_pte_output(out: Path, overwrite: bool = True) -> None:
@@ -145,7 +151,7 @@ def export_pte(
         "input": "image",
         "output": "enhanced",
     }
-    ops = pte_op_table(data)
+    ops, planned = pte_op_table(data), planned_bytes(data)
     sidecar = export_base.write_export(
         out,
         data,
@@ -156,11 +162,21 @@ def export_pte(
             "methods": list(programs),
             "stages": meta,
             "ops": ops.to_json(),
+            "planned_bytes": planned,
         },
         ("executorch",),
     )
     return PteExportResult(
-        out, sidecar, fmt, net.quant, list(programs), io, len(data), time.perf_counter() - net.started, ops
+        out,
+        sidecar,
+        fmt,
+        net.quant,
+        list(programs),
+        io,
+        len(data),
+        time.perf_counter() - net.started,
+        ops,
+        planned,
     )
 
 
@@ -183,6 +199,16 @@ class PteOpTable:
 
     def to_json(self) -> dict:
         return {**asdict(self), "float_ops": self.float_ops}
+
+
+def planned_bytes(data: bytes) -> dict[str, int]:
+    """Each method's memory-planned buffers (its inputs, outputs and the values between its
+    kernels). ExecuTorch's runtime allocates one set for a program, the largest method's, when
+    the program loads: a whole photo in small windows pays for a large one-pass method too."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(data).program
+    return {plan.name: sum(plan.non_const_buffer_sizes) for plan in program.execution_plan}
 
 
 def pte_op_table(data: bytes) -> PteOpTable:
