@@ -27,7 +27,6 @@ import contextlib
 import copy
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -51,13 +50,13 @@ from qaie.quant.export_base import (
     source_for,
     write_export,
 )
+from qaie.quant.tflite_io import TENSOR_TYPES, integer_io, op_codes
 from qaie.quant.tflite_ops import OpTable, inspect_tflite
 from qaie.runtime import registry
 from qaie.runtime.wholephoto import is_window
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "enhanced"
-_TFLITE_TYPES = {"int8": 9, "uint8": 3}  # tflite schema TensorType values
 
 
 def signature_name(size: Size) -> str:
@@ -164,32 +163,6 @@ def _strict_static_qdq() -> Iterator[None]:
         litert_converter.converter_api_ext = original
 
 
-def _integer_io(model_bytes: bytes, dtype: str) -> bytes:
-    """Replace the float input/output edges (QUANTIZE after each input, DEQUANTIZE before each
-    output) by `dtype` tensors, with TFLite's modify_model_interface, then point the
-    signatures at the new input/output tensors (the tool leaves them stale)."""
-    from ai_edge_litert import _pywrap_modify_model_interface as mmi
-    from ai_edge_litert.tools import flatbuffer_utils as fb
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "float_io.tflite", Path(tmp) / "int_io.tflite"
-        src.write_bytes(model_bytes)
-        before = fb.read_model(src)
-        status = mmi.modify_model_interface(str(src), str(dst), _TFLITE_TYPES[dtype], _TFLITE_TYPES[dtype])
-        assert status == 0, f"modify_model_interface failed with status {status}"
-        model = fb.read_model(dst)
-    for old_sig, sig in zip(before.signatureDefs, model.signatureDefs, strict=True):
-        old_graph, graph = before.subgraphs[old_sig.subgraphIndex], model.subgraphs[sig.subgraphIndex]
-        for old_ends, ends, old_io, io in (
-            (old_sig.inputs, sig.inputs, old_graph.inputs, graph.inputs),
-            (old_sig.outputs, sig.outputs, old_graph.outputs, graph.outputs),
-        ):
-            position = {int(t): i for i, t in enumerate(old_io)}
-            for old_end, end in zip(old_ends, ends, strict=True):
-                end.tensorIndex = int(io[position[old_end.tensorIndex]])
-    return bytes(fb.convert_object_to_bytearray(model))
-
-
 _PAD, _RELU_0_TO_1 = 34, 152  # tflite schema BuiltinOperator
 
 
@@ -199,7 +172,7 @@ def _xnnpack_friendly(model_bytes: bytes) -> bytes:
     from ai_edge_litert.tools import flatbuffer_utils as fb
 
     model = fb.read_model_from_bytearray(bytearray(model_bytes))
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    codes = op_codes(model)
     for graph in model.subgraphs:
         _split_shared_pads(graph, codes)
         _drop_identity_clamps(graph, codes)
@@ -246,7 +219,7 @@ def _is_identity_clamp(graph, op) -> bool:
     """int8 in and out on one grid whose lowest value is 0 and highest at most 1."""
     x, y = (graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]])
     qx, qy = x.quantization, y.quantization
-    if x.type != _TFLITE_TYPES["int8"] or qx is None or qy is None or qx.scale is None or len(qx.scale) != 1:
+    if x.type != TENSOR_TYPES["int8"] or qx is None or qy is None or qx.scale is None or len(qx.scale) != 1:
         return False
     same = list(qx.scale) == list(qy.scale) and list(qx.zeroPoint) == list(qy.zeroPoint)
     return same and int(qx.zeroPoint[0]) == -128 and 255 * float(qx.scale[0]) <= 1 + 1e-6
@@ -339,7 +312,7 @@ def export_tflite(
         io = {"dtype": "float32", "scale": None, "zero_point": None}
     else:
         io_dtype = "uint8" if uint8_io else "int8"
-        model_bytes = _xnnpack_friendly(_integer_io(_convert(graphs, int8=True), io_dtype))
+        model_bytes = _xnnpack_friendly(integer_io(_convert(graphs, int8=True), io_dtype))
         io = {
             "dtype": io_dtype,
             "scale": quantize.IO_SCALE,
