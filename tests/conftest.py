@@ -183,13 +183,15 @@ WINDOW = (128, 128)  # the stage window of the whole-photo exports
 @pytest.fixture(scope="session")
 def whole_photo_models(quant_models, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`quant_models`' QAT and FP32 networks exported with stage signatures (qaie.quant.split) at
-    WINDOW: .tflite files that enhance any photo as a whole photo."""
+    WINDOW: .tflite files that enhance any photo as a whole photo. Without the phase form
+    (qaie.quant.phases): the same int8 weights as the checkpoint's stages and the .onnx and
+    .pte they are compared with (tests/test_phases.py exports the phase form's stages)."""
     from qaie.quant.export import export_tflite
 
     out = tmp_path_factory.mktemp("whole")
     paths = {"qat": out / "qat.tflite", "fp32": out / "fp32.tflite"}
-    export_tflite(quant_models.qat, "int8", [WINDOW], paths["qat"])
-    export_tflite(quant_models.fp32, "fp32", [WINDOW], paths["fp32"])
+    export_tflite(quant_models.qat, "int8", [WINDOW], paths["qat"], phases=False)
+    export_tflite(quant_models.fp32, "fp32", [WINDOW], paths["fp32"], phases=False)
     return paths
 
 

@@ -15,6 +15,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 
 from qaie.cli import main
+from qaie.quant import quantize
 from qaie.quant.export import signature_name
 from qaie.quant.tflite_ops import inspect_tflite
 from qaie.runtime.litert import TFLiteModel, sidecar_path
@@ -160,7 +161,9 @@ def test_fp32_matches_pytorch(quant_models) -> None:
 
 
 def test_int8_weights_use_the_fake_quant_scales(quant_models) -> None:
-    """The converter keeps QAT's weight scales (amax/127): no re-quantization on export."""
+    """The converter keeps QAT's weight scales (amax/127): no re-quantization on export. The
+    three upsample convs are exported as phase kernels (qaie.quant.phases), with the scales
+    their conversion gives them."""
     interpreter = Interpreter(model_path=str(quant_models.tflite["qat"]))
     tflite_scales = {
         tuple(np.round(d["quantization_parameters"]["scales"], 9))
@@ -173,7 +176,14 @@ def test_int8_weights_use_the_fake_quant_scales(quant_models) -> None:
         for n in qat.graph.nodes
         if n.op == "call_function" and n.target == torch.ops.aten.conv2d.default
     }
-    assert ours <= tflite_scales
+    example = torch.rand(1, 3, *QUANT_SIZES[0])
+    converted = quantize.convert(quantize.reprepare(qat, example, dynamic=False), phases=True)
+    phased = {
+        tuple(np.round(getattr(converted, n.args[1].target).numpy(), 9))
+        for n in converted.graph.nodes
+        if n.op == "call_function" and "dequantize_per_channel" in str(n.target)
+    }
+    assert len(ours - tflite_scales) == 3 and phased <= tflite_scales
 
 
 @pytest.mark.parametrize("name", ["ptq", "qat"])

@@ -53,6 +53,13 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         "normalised by its own statistics; .onnx: no stage files, every photo in one pass, memory "
         "growing with its size (default: also the stages, for whole-photo output in bounded memory)",
     )
+    p.add_argument(
+        "--no-phases",
+        action="store_true",
+        help=".tflite: each nearest 2x upsample + conv3x3 as it is (default: as four 2x2 phase "
+        "convolutions, the same FP32 function in 4/9 of its multiply-adds; INT8 quantizes the phase "
+        "kernels from the trained weights)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)
 
@@ -69,7 +76,14 @@ def _export_runtime(args: argparse.Namespace):  # -> registry.Runtime
         )
     if args.runtime and args.runtime != runtime.name:
         raise QaieError(f"{out}: a {out.suffix} file is for {runtime.name}, not --runtime {args.runtime}")
-    runtime.refuse_options(out, {registry.UINT8_IO: args.uint8_io, registry.NO_STAGES: args.no_stages})
+    runtime.refuse_options(
+        out,
+        {
+            registry.UINT8_IO: args.uint8_io,
+            registry.NO_STAGES: args.no_stages,
+            registry.NO_PHASES: args.no_phases,
+        },
+    )
     if registry.SIZE not in runtime.options and args.size:
         raise QaieError(f"--size: an {out.suffix} file takes any size (dynamic H and W); drop --size")
     if registry.SIZE in runtime.options and not args.size:
@@ -95,7 +109,11 @@ def _run_export(args: argparse.Namespace) -> None:
         sizes=sizes,
         calibration=_calibration(args, loaded),
         source_checkpoint=str(args.checkpoint),
-        **{registry.UINT8_IO: args.uint8_io, registry.NO_STAGES: args.no_stages},
+        **{
+            registry.UINT8_IO: args.uint8_io,
+            registry.NO_STAGES: args.no_stages,
+            registry.NO_PHASES: args.no_phases,
+        },
     )
     kind = f"int8 ({result.quant})" if result.quant else "fp32"
     print(

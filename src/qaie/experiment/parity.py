@@ -97,6 +97,7 @@ def run_parity(
 
     from qaie.data.datasets import make_dataset
     from qaie.progress import progress
+    from qaie.quant import quantize
     from qaie.quant.checkpoint import load_model
     from qaie.quant.reference import reference_model
     from qaie.runtime.registry import open_deployed
@@ -108,14 +109,22 @@ def run_parity(
         raise QaieError(f"{checkpoint}: FP32 checkpoint but {tflite} is INT8; give the QAT/PTQ checkpoint")
     if loaded.quant is not None and not model.is_int8:
         raise QaieError(f"{checkpoint}: {loaded.quant} checkpoint but {tflite} is FP32; give the FP32 one")
-    net = reference_model(loaded.net) if loaded.quant else loaded.net.eval()
+    # A file whose upsample + conv3x3 are in phase form (`qaie.quant.phases`) has its own int8
+    # phase kernels: its reference is converted at each of its sizes the same way.
+    phases = bool(loaded.quant and read_sidecar(tflite).get("phases"))
+    net = None if phases else reference_model(loaded.net) if loaded.quant else loaded.net.eval()
     reference = f"reference_model ({loaded.quant} graph)" if loaded.quant else "FP32 EnhanceNet"
+    reference += " in phase form" if phases else ""
 
     dataset = make_dataset(data, "val", crop=None, seed=seed, limit=limit)  # whole images
     images = [dataset[i][0].permute(1, 2, 0).numpy() for i in range(len(dataset))]  # (h, w, 3)
     per_size, refs, acts = {}, [], []
     for size in model.sizes or [None]:  # None: any size (ONNX), each image whole
         key = f"{size[0]}x{size[1]}" if size else "whole"
+        if phases:
+            net = reference_model(
+                quantize.reprepare(loaded.net, torch.rand(1, 3, *size), dynamic=False), True
+            )
         size_refs, size_acts = [], []
         for image in progress(images, desc=f"parity {key}", leave=False):
             pixels = to_uint8(fit(image, *size) if size else image)  # (h, w, 3): what both sides see

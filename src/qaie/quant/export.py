@@ -273,6 +273,7 @@ def export_tflite(
     calibration: Iterable[Tensor] | None = None,
     source_checkpoint: str | None = None,
     stages: bool = True,
+    phases: bool = True,
 ) -> ExportResult:
     """Convert `source` to `out` (.tflite) with one signature per (H, W) in `sizes`.
 
@@ -290,20 +291,22 @@ def export_tflite(
             88), with which the runtime enhances photos of any size as one whole photo.
             Without them a larger photo is enhanced tile by tile, each tile with its own
             statistics.
+        phases: each nearest 2x upsample + conv3x3 in phase form (`qaie.quant.phases`: 4/9 of
+            its multiply-adds; INT8 quantizes the phase kernels from the trained 3x3 weights).
     """
     out = Path(out)
     check_output(out)
     sizes = export_sizes(sizes)
     if fmt == "fp32" and uint8_io:
         raise QaieError("--uint8-io applies to INT8 exports only")
-    net = source_for(fmt, source, calibration)
+    net = source_for(fmt, source, calibration, phases)
     graphs, meta = {}, None
     for size in sizes:  # converted graphs have fixed shapes: one per size, same quant params
         static = net.at(size)
         graphs[signature_name(size)] = (_NhwcIo(static), {INPUT_NAME: torch.rand(1, *size, 3)})
         if stages and is_window(size):
             stage_graphs, meta = _stage_graphs(
-                static if net.prepared else split.static_graph(static, size), size
+                static if isinstance(static, GraphModule) else split.static_graph(static, size), size
             )
             graphs |= stage_graphs
     if net.fmt == "fp32":
@@ -328,6 +331,7 @@ def export_tflite(
             **common_sidecar(out, net, io, len(model_bytes), source_checkpoint),
             "signatures": [{"name": signature_name(s), "height": s[0], "width": s[1]} for s in sizes],
             "stages": meta,
+            "phases": net.phases,
             "float_ops": ops.float_ops,
             "quantize_ops": ops.quantize_ops,
             "requantize_ops": ops.requantize_ops,

@@ -26,6 +26,7 @@ from qaie.imageio import Size
 from qaie.jsonio import dumps
 from qaie.nn.model import EnhanceNet
 from qaie.quant import calibrate, quantize, split
+from qaie.quant import phases as phase_form
 from qaie.runtime.litert import sidecar_path
 from qaie.versions import package_versions
 
@@ -75,7 +76,11 @@ def export_sizes(sizes: Iterable[Size]) -> list[Size]:
 
 @dataclass
 class Source:
-    """The network an export converts: FP32 (`net`), or the prepared QAT/PTQ graph (`prepared`)."""
+    """The network an export converts: FP32 (`net`), or the prepared QAT/PTQ graph (`prepared`).
+
+    With `phases`, each nearest 2x upsample + conv3x3 is converted in phase form
+    (`qaie.quant.phases`: the same FP32 function in 4/9 of its multiply-adds).
+    """
 
     fmt: Format
     config: ModelConfig
@@ -83,32 +88,40 @@ class Source:
     net: EnhanceNet | None = None
     prepared: GraphModule | None = None
     started: float = field(default_factory=time.perf_counter)
+    phases: bool = False
 
     def at(self, size: Size) -> nn.Module:
-        """The network with fixed shapes at `size`: the FP32 net, or the INT8 graph converted for it."""
+        """The network with fixed shapes at `size`: the FP32 net (its static graph with
+        `phases`), or the INT8 graph converted for it."""
         if self.net is not None:
-            return self.net
+            if not self.phases:
+                return self.net
+            static = split.static_graph(self.net, size)
+            phase_form.rewrite(static)
+            return static
         example = torch.rand(1, 3, *size)
-        return quantize.convert(quantize.reprepare(self.prepared, example, dynamic=False))
+        return quantize.convert(quantize.reprepare(self.prepared, example, dynamic=False), self.phases)
 
     def converted(self) -> GraphModule:
         """The INT8 graph converted with dynamic H and W."""
         return quantize.convert(self.prepared)
 
 
-def source_for(fmt: str, source: EnhanceNet | GraphModule, calibration: Iterable[Tensor] | None) -> Source:
+def source_for(
+    fmt: str, source: EnhanceNet | GraphModule, calibration: Iterable[Tensor] | None, phases: bool = False
+) -> Source:
     """Check the format and the source (FP32 needs an FP32 network); INT8 of an FP32 network
-    runs PTQ on `calibration` first. The export's clock starts here."""
+    runs PTQ on `calibration` first. `phases`: see `Source`. The export's clock starts here."""
     if fmt == "fp32":
         if not isinstance(source, EnhanceNet):
             raise QaieError("FP32 export needs an FP32 checkpoint, not a quantized (QAT/PTQ) one")
-        return Source("fp32", source.config, None, net=copy.deepcopy(source).eval())
+        return Source("fp32", source.config, None, net=copy.deepcopy(source).eval(), phases=phases)
     if fmt != "int8":
         raise QaieError(f"format {fmt!r}: expected fp32 or int8")
     started = time.perf_counter()
     prepared = calibrate.quantized_graph(source, calibration)
     config, quant = quantize.graph_info(prepared)
-    return Source("int8", config, quant, prepared=prepared, started=started)
+    return Source("int8", config, quant, prepared=prepared, started=started, phases=phases)
 
 
 def write_export(

@@ -64,6 +64,7 @@ from torchao.quantization.pt2e.utils import getattr_from_fqn
 from qaie.config import ModelConfig
 from qaie.nn.model import EnhanceNet
 from qaie.progress import progress
+from qaie.quant import phases as phase_form
 
 QuantMode = Literal["qat", "ptq"]
 aten = torch.ops.aten
@@ -410,16 +411,20 @@ def freeze_observers(prepared: GraphModule) -> None:
     prepared.apply(disable_observer)
 
 
-def convert(prepared: GraphModule) -> GraphModule:
+def convert(prepared: GraphModule, phases: bool = False) -> GraphModule:
     """The quantized reference model: int8 quantize/dequantize around every op, computed in
     float by PyTorch. This is what litert-torch converts, and what the fake-quant model
-    simulates. `prepared` is left untouched.
+    simulates. `prepared` is left untouched. With `phases`, each exact 2x upsample + conv3x3
+    of a static graph is computed in phase form (`qaie.quant.phases`: 4/9 of its
+    multiply-adds, the phase kernels quantized anew).
 
     Conv biases are rounded to the int32 grid (input scale * weight scale) the converter puts
     them on, so the reference computes what the integer kernels compute (the converter
     re-quantizes the rounded values to the same integers).
     """
     converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
+    if phases:
+        phase_form.rewrite(converted)
     with torch.no_grad():
         for node in converted.graph.nodes:
             if node.op == "call_function" and node.target == aten.conv2d.default and len(node.args) > 2:

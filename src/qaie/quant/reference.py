@@ -43,9 +43,10 @@ _DEQUANTIZE_CHANNEL = "quantized_decomposed.dequantize_per_channel.default"
 _FLOAT32_EXACT = 1 << 24  # every integer up to 2^24 is a float32
 
 
-def reference_model(prepared: GraphModule) -> GraphModule:
-    """A prepared QAT/PTQ graph's quantized reference model, computed exactly (see above)."""
-    return exact_statistics(exact_ops(quantize.convert(prepared)))
+def reference_model(prepared: GraphModule, phases: bool = False) -> GraphModule:
+    """A prepared QAT/PTQ graph's quantized reference model, computed exactly (see above);
+    with `phases`, a static graph's upsample + conv3x3 in phase form (`quantize.convert`)."""
+    return exact_statistics(exact_ops(quantize.convert(prepared, phases)))
 
 
 def exact_ops(converted: GraphModule) -> GraphModule:

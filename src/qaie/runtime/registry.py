@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from qaie.runtime.litert import TileModel
 
 # Export options a format may take (`qaie export` flags without the dashes, as argparse names them).
-SIZE, UINT8_IO, NO_STAGES = "size", "uint8_io", "no_stages"
+SIZE, UINT8_IO, NO_STAGES, NO_PHASES = "size", "uint8_io", "no_stages", "no_phases"
 CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth")  # training checkpoints (PyTorch), not deployed files
 
 
@@ -44,7 +44,7 @@ class Runtime:
         formatter: "module:function" op table -> the text `qaie inspect` prints.
         exporter: "module:function" (source, fmt, sizes, out, **options) -> `ExportResult`.
         output_check: "module:function" (out, overwrite): fails before an export's work.
-        options: export options it takes beyond the common ones (SIZE, UINT8_IO, NO_STAGES).
+        options: export options it takes beyond the common ones (SIZE, UINT8_IO, NO_STAGES, NO_PHASES).
         native: the module its runner loads (`qaie bench` imports it before measuring memory).
     """
 
@@ -79,13 +79,15 @@ class Runtime:
         **options: bool,
     ) -> Any:
         """Write `source` (an FP32 EnhanceNet or a QAT/PTQ graph) to `out` in this format.
-        `options` are UINT8_IO / NO_STAGES flags; one this format does not take is refused."""
+        `options` are UINT8_IO / NO_STAGES / NO_PHASES flags; one this format does not take is refused."""
         self.refuse_options(out, options)
         kwargs: dict[str, Any] = {"calibration": calibration, "source_checkpoint": source_checkpoint}
         if UINT8_IO in self.options:
             kwargs["uint8_io"] = bool(options.get(UINT8_IO))
         if NO_STAGES in self.options:
             kwargs["stages"] = not options.get(NO_STAGES)
+        if NO_PHASES in self.options:
+            kwargs["phases"] = not options.get(NO_PHASES)
         args = (source, fmt, sizes, out) if SIZE in self.options else (source, fmt, out)
         return _load(self.exporter)(*args, **kwargs)
 
@@ -107,7 +109,7 @@ RUNTIMES = (
     Runtime(
         "litert", (".tflite",), "qaie.runtime.litert:TFLiteModel", "qaie.quant.tflite_ops:inspect_tflite",
         "qaie.quant.tflite_ops:format_table", "qaie.quant.export:export_tflite", "qaie.quant.export:check_output",
-        frozenset({SIZE, UINT8_IO, NO_STAGES}), "ai_edge_litert.interpreter",
+        frozenset({SIZE, UINT8_IO, NO_STAGES, NO_PHASES}), "ai_edge_litert.interpreter",
     ),
     Runtime(
         "onnx", (".onnx",), "qaie.runtime.onnxrt:OnnxModel", "qaie.runtime.onnxrt:inspect_onnx",

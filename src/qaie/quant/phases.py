@@ -1,0 +1,129 @@
+"""Rewrite each nearest 2x upsample + conv3x3 of a static network graph into its phase form
+(`qaie.nn.phases`: four 2x2 convolutions as one, then interleaved; 4/9 of the multiply-adds).
+
+Works on a torch.export of the FP32 network (exact: the phase kernels are sums of the 3x3
+taps) and on a converted QAT/PTQ graph (`qaie.quant.quantize.convert`). There the phase
+kernels, sums of up to four int8 taps, are new weights: they are the sums of the trained
+3x3 weights as the int8 model holds them, quantized per output channel as the weight
+observers do (symmetric, amax / 127); the conv's output keeps the trained scale of the
+3x3 conv's output (the same values in FP32), and the interleave moves int8 codes only.
+Upsamples whose output is not exactly twice their input (sizes off the 8-pixel grid, or
+symbolic sizes) are left as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.utils import getattr_from_fqn
+
+from qaie.nn.phases import interleave, phase_bias, phase_kernels
+from qaie.quant.split import is_op
+
+aten = torch.ops.aten
+_qd = torch.ops.quantized_decomposed
+_QUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
+_DEQUANTIZE = "quantized_decomposed.dequantize_per_tensor.default"
+_QUANTIZE_CHANNEL = "quantized_decomposed.quantize_per_channel.default"
+_DEQUANTIZE_CHANNEL = "quantized_decomposed.dequantize_per_channel.default"
+_QDQ = (_QUANTIZE, _DEQUANTIZE, _QUANTIZE_CHANNEL, _DEQUANTIZE_CHANNEL)
+_WEIGHT_QMAX = 127  # per-channel symmetric int8 weights in [-127, 127] (qaie.quant.quantize)
+
+
+def rewrite(module: GraphModule) -> int:
+    """Put every exact 2x upsample + conv3x3 of `module` in phase form, in place; how many."""
+    graph = module.graph
+    count = 0
+    for up in list(graph.nodes):
+        conv = _upsample_conv(up)
+        if conv is None:
+            continue
+        x, weight, bias = up.args[0], conv.args[1], conv.args[2] if len(conv.args) > 2 else None
+        quantized = is_op(weight, _DEQUANTIZE_CHANNEL)
+        w3 = _dequantized(module, weight) if quantized else getattr_from_fqn(module, weight.target)
+        b3 = None if bias is None else getattr_from_fqn(module, bias.target)
+        name = conv.name
+        with graph.inserting_before(conv):
+            kernels = _constant(module, f"_phase_{name}_weight", phase_kernels(w3).contiguous())
+            if quantized:
+                kernels = _quantized_weight(module, name, kernels, weight)
+            b4 = None if b3 is None else _constant(module, f"_phase_{name}_bias", phase_bias(b3))
+            phased = graph.call_function(aten.conv2d.default, (x, kernels, b4, [1, 1], [1, 1]))
+            if quantized:  # at the 3x3 conv's output quantization: the same values
+                q = next(iter(conv.users))
+                phased = graph.call_function(q.target, (phased, *q.args[1:]))
+                phased = graph.call_function(_qd.dequantize_per_tensor.default, (phased, *q.args[1:]))
+            out = graph.call_function(interleave, (phased,))
+        out.meta = dict(conv.meta)
+        conv.replace_all_uses_with(out)
+        graph.erase_node(conv)
+        count += 1
+    graph.eliminate_dead_code()
+    module.delete_all_unused_submodules()
+    module.recompile()
+    return count
+
+
+def _upsample_conv(up: Node) -> Node | None:
+    """The conv3x3 (stride 1, padding 1) an exact nearest 2x upsample feeds alone, else None."""
+    if not is_op(up, aten.upsample_nearest2d.vec):
+        return None
+    source, target = _value(up.args[0]), _value(up)
+    if source is None or target is None:
+        return None
+    sides = (*source.shape[-2:], *target.shape[-2:])
+    if not all(isinstance(s, int) for s in sides) or tuple(sides[2:]) != (2 * sides[0], 2 * sides[1]):
+        return None
+    node = up
+    while len(node.users) == 1 and (
+        is_op(next(iter(node.users)), _QUANTIZE) or is_op(next(iter(node.users)), _DEQUANTIZE)
+    ):
+        node = next(iter(node.users))
+    (conv,) = node.users if len(node.users) == 1 else (None,)
+    if not is_op(conv, aten.conv2d.default) or conv.args[0] is not node:
+        return None
+    weight = _value(conv.args[1])
+    rest = list(conv.args[3:]) + [None] * (4 - len(conv.args[3:]))
+    stride, padding, dilation, groups = rest
+    plain = (
+        stride in (None, [1, 1]) and padding == [1, 1] and dilation in (None, [1, 1]) and groups in (None, 1)
+    )
+    return conv if plain and weight is not None and tuple(weight.shape[-2:]) == (3, 3) else None
+
+
+def _value(node: Node) -> Tensor | None:
+    """The traced value of `node`, or of the op behind its quantize/dequantize (which have none)."""
+    while "val" not in node.meta and any(is_op(node, op) for op in _QDQ):
+        node = node.args[0]
+    return node.meta.get("val")
+
+
+def _constant(module: GraphModule, name: str, value: Tensor) -> Node:
+    module.register_buffer(name, value.detach())
+    return module.graph.get_attr(name)
+
+
+def _dequantized(module: GraphModule, weight: Node) -> Tensor:
+    """The float weights the int8 model holds: the codes of dequantize_per_channel(quantize(w))."""
+    quantize = weight.args[0]
+    assert is_op(quantize, _QUANTIZE_CHANNEL), quantize
+    w, scale, zero = (getattr_from_fqn(module, a.target) for a in quantize.args[:3])
+    axis, qmin, qmax, dtype = quantize.args[3:7]
+    codes = _qd.quantize_per_channel(w, scale, zero, axis, qmin, qmax, dtype)
+    return _qd.dequantize_per_channel(codes, scale, zero, axis, qmin, qmax, dtype)
+
+
+def _quantized_weight(module: GraphModule, name: str, kernels: Node, weight3: Node) -> Node:
+    """The phase kernels quantized per output channel as the weight observers do: amax / 127."""
+    value = getattr_from_fqn(module, kernels.target)
+    eps = torch.finfo(torch.float32).eps
+    scale = (value.abs().amax(dim=(1, 2, 3)) / _WEIGHT_QMAX).clamp_min(eps)
+    zero_template = getattr_from_fqn(module, weight3.args[2].target)
+    scale_node = _constant(module, f"_phase_{name}_scale", scale.to(zero_template.device))
+    zero_node = _constant(
+        module, f"_phase_{name}_zero_point", torch.zeros_like(scale, dtype=zero_template.dtype)
+    )
+    params = (scale_node, zero_node, *weight3.args[3:])
+    codes = module.graph.call_function(weight3.args[0].target, (kernels, *params))
+    return module.graph.call_function(weight3.target, (codes, *params))

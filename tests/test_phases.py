@@ -1,0 +1,126 @@
+"""The phase form of nearest 2x upsample + conv3x3 (qaie.nn.phases, qaie.quant.phases): the same
+FP32 function in fewer multiply-adds, and in INT8 an integer-only file that computes its own
+reference model, exported from checkpoints trained before the rewrite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.fx.interpreter import Interpreter
+
+from qaie.cli import main
+from qaie.experiment.parity import run_parity
+from qaie.nn.model import macs_per_pixel
+from qaie.nn.phases import interleave, phase_bias, phase_kernels
+from qaie.quant import phases, split
+from qaie.quant.checkpoint import load_model
+from qaie.quant.tflite_ops import inspect_tflite
+from qaie.runtime.litert import sidecar_path
+
+MODELS = Path(__file__).parents[1] / "src" / "qaie" / "assets" / "models"
+SHIPPED_QAT, SHIPPED_FP32 = MODELS / "qaie-c32-qat.ckpt", MODELS / "qaie-c32-fp32.ckpt"
+
+
+@pytest.mark.parametrize(("batch", "h", "w"), [(1, 8, 8), (2, 16, 24), (1, 40, 8)])
+def test_phase_form_is_the_upsample_conv(batch: int, h: int, w: int) -> None:
+    g = torch.Generator().manual_seed(h * w)
+    x = torch.rand(batch, 16, h, w, generator=g)
+    weight, bias = torch.randn(24, 16, 3, 3, generator=g) * 0.1, torch.randn(24, generator=g)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+    out = interleave(F.conv2d(x, phase_kernels(weight), phase_bias(bias), padding=1))
+    assert out.shape == expected.shape
+    assert (out - expected).abs().max() < 1e-5
+
+
+def _conv_macs(graph: torch.fx.GraphModule, x: torch.Tensor) -> int:
+    """Multiply-adds of the convolutions `graph` runs on `x`, as `macs_per_pixel` counts them:
+    without the norms' depthwise affine (one input channel per output)."""
+    total = 0
+
+    class Count(Interpreter):
+        def call_function(self, target, args, kwargs):
+            nonlocal total
+            out = super().call_function(target, args, kwargs)
+            if target == torch.ops.aten.conv2d.default and args[1].shape[1] > 1:
+                weight = args[1]
+                total += out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+            return out
+
+    with torch.no_grad():
+        Count(graph).run(x)
+    return total
+
+
+def test_rewrite_keeps_the_fp32_network_in_fewer_macs() -> None:
+    """The shipped FP32 weights (width 32): the three upsample convs are 18,432 of the 69,520
+    multiply-adds per pixel; in phase form 4/9 of that on an (H + 1, W + 1) grid per phase."""
+    net = load_model(SHIPPED_FP32).net
+    config = net.config
+    size = 64
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    graph = split.static_graph(net, (size, size))
+    before = _conv_macs(graph, x)
+    assert phases.rewrite(graph) == 3
+    after = _conv_macs(graph, x)
+    with torch.no_grad():
+        assert (graph(x) - net(x)).abs().max() < 1e-5
+    assert before == macs_per_pixel(config) * size * size == 69_520 * size * size
+    # (in, out, low-resolution side) of dec4.up, dec2.up, up1
+    ups = [(128, 64, size // 8), (64, 32, size // 4), (32, 32, size // 2)]
+    phase_macs = sum(16 * (s + 1) ** 2 * c_in * c_out for c_in, c_out, s in ups)
+    assert after == before - 18_432 * size * size + phase_macs
+    limit = 69_520 - 18_432 + sum(16 * c_in * c_out * (s / size) ** 2 for c_in, c_out, s in ups)
+    assert limit == 59_280  # per pixel once the grid's extra row and column are negligible
+
+
+def test_int8_export_is_phased_integer_only_with_stages(quant_models, tmp_path: Path) -> None:
+    """The QAT model in phase form, whole and in stage windows: no resize is left, every op is
+    int8, and the staged whole-photo path runs on the rewritten graph."""
+    from qaie.quant.export import export_tflite
+    from qaie.runtime.litert import TFLiteModel
+
+    out = tmp_path / "qat.tflite"
+    export_tflite(quant_models.qat, "int8", [(96, 96)], out)
+    ops = inspect_tflite(out)
+    names = {row.op for row in ops.ops}
+    assert "RESIZE_NEAREST_NEIGHBOR" not in names and "CONV_2D" in names
+    assert ops.float_ops == 0 and ops.quantize_ops == 0 and ops.dequantize_ops == 0
+    assert json.loads(sidecar_path(out).read_text())["phases"] is True
+    model = TFLiteModel(out, num_threads=1)
+    assert model.stages is not None
+    pixels = np.random.default_rng(0).integers(0, 256, (152, 200, 3), dtype=np.uint8)
+    from qaie.runtime.enhance import enhance_image
+
+    enhanced = enhance_image(model, pixels)
+    assert enhanced.shape == pixels.shape and enhanced.std() > 0
+
+
+def test_a_checkpoint_trained_before_the_rewrite_exports_in_phase_form(tmp_path: Path) -> None:
+    """The shipped QAT checkpoint (3x3 upsample convs, trained without phases) exports with the
+    rewrite by default, and the file computes its phase-form reference model to 45 dB; with
+    --no-phases the resizes stay."""
+    out, plain = tmp_path / "phases.tflite", tmp_path / "plain.tflite"
+    common = ["export", str(SHIPPED_QAT), "--format", "int8", "--size", "64x64", "--no-stages"]
+    assert main([*common, "--out", str(out)]) == 0
+    assert main([*common, "--out", str(plain), "--no-phases"]) == 0
+    assert {r.op for r in inspect_tflite(out).ops}.isdisjoint({"RESIZE_NEAREST_NEIGHBOR"})
+    assert "RESIZE_NEAREST_NEIGHBOR" in {r.op for r in inspect_tflite(plain).ops}
+    assert json.loads(sidecar_path(plain).read_text())["phases"] is False
+    report = run_parity(SHIPPED_QAT, out, "builtin", limit=3)
+    assert report.reference.endswith("in phase form")
+    assert report.overall.psnr >= 45
+
+
+def test_no_phases_is_for_tflite(tmp_path: Path, capsys) -> None:
+    assert (
+        main(
+            ["export", str(SHIPPED_QAT), "--format", "int8", "--out", str(tmp_path / "m.onnx"), "--no-phases"]
+        )
+        == 2
+    )
+    assert "--no-phases" in capsys.readouterr().err
