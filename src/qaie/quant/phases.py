@@ -19,7 +19,7 @@ from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.utils import getattr_from_fqn
 
 from qaie.nn.phases import interleave, phase_bias, phase_kernels
-from qaie.quant.split import is_op
+from qaie.quant.fxgraph import is_op
 
 aten = torch.ops.aten
 _qd = torch.ops.quantized_decomposed

@@ -33,7 +33,8 @@ from torch.fx import GraphModule, Node
 
 from qaie.imageio import Size
 from qaie.quant import quantize
-from qaie.quant.split import find_norms, is_op, read_from, split, static_graph, value_of
+from qaie.quant.fxgraph import is_op
+from qaie.quant.split import find_norms, read_from, split, static_graph, value_of
 from qaie.runtime.codec import Codec
 from qaie.runtime.wholephoto import norm_statistics
 

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.fx import Graph, GraphModule, Node
 
+from qaie.quant.fxgraph import is_op
+
 aten = torch.ops.aten
 # quantized_decomposed ops exist once torchao is imported: matched by name, so FP32 graphs
 # split without it.
@@ -47,12 +49,6 @@ class Stages:
 
     graphs: list[GraphModule]
     meta: dict = field(default_factory=dict)
-
-
-def is_op(node: object, target) -> bool:
-    if not (isinstance(node, Node) and node.op == "call_function"):
-        return False
-    return str(node.target) == target if isinstance(target, str) else node.target == target
 
 
 def _op(name: str):
