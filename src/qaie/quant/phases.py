@@ -19,15 +19,11 @@ from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.utils import getattr_from_fqn
 
 from qaie.nn.phases import interleave, phase_bias, phase_kernels
-from qaie.quant.fxgraph import is_op
+from qaie.quant.fxgraph import DEQUANTIZE, DEQUANTIZE_CHANNEL, QUANTIZE, QUANTIZE_CHANNEL, is_op
 
 aten = torch.ops.aten
 _qd = torch.ops.quantized_decomposed
-_QUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
-_DEQUANTIZE = "quantized_decomposed.dequantize_per_tensor.default"
-_QUANTIZE_CHANNEL = "quantized_decomposed.quantize_per_channel.default"
-_DEQUANTIZE_CHANNEL = "quantized_decomposed.dequantize_per_channel.default"
-_QDQ = (_QUANTIZE, _DEQUANTIZE, _QUANTIZE_CHANNEL, _DEQUANTIZE_CHANNEL)
+_QDQ = (QUANTIZE, DEQUANTIZE, QUANTIZE_CHANNEL, DEQUANTIZE_CHANNEL)
 _WEIGHT_QMAX = 127  # per-channel symmetric int8 weights in [-127, 127] (qaie.quant.quantize)
 
 
@@ -40,7 +36,7 @@ def rewrite(module: GraphModule) -> int:
         if conv is None:
             continue
         x, weight, bias = up.args[0], conv.args[1], conv.args[2] if len(conv.args) > 2 else None
-        quantized = is_op(weight, _DEQUANTIZE_CHANNEL)
+        quantized = is_op(weight, DEQUANTIZE_CHANNEL)
         w3 = _dequantized(module, weight) if quantized else getattr_from_fqn(module, weight.target)
         b3 = None if bias is None else getattr_from_fqn(module, bias.target)
         name = conv.name
@@ -77,7 +73,7 @@ def _upsample_conv(up: Node) -> Node | None:
         return None
     node = up
     while len(node.users) == 1 and (
-        is_op(next(iter(node.users)), _QUANTIZE) or is_op(next(iter(node.users)), _DEQUANTIZE)
+        is_op(next(iter(node.users)), QUANTIZE) or is_op(next(iter(node.users)), DEQUANTIZE)
     ):
         node = next(iter(node.users))
     (conv,) = node.users if len(node.users) == 1 else (None,)
@@ -107,7 +103,7 @@ def _constant(module: GraphModule, name: str, value: Tensor) -> Node:
 def _dequantized(module: GraphModule, weight: Node) -> Tensor:
     """The float weights the int8 model holds: the codes of dequantize_per_channel(quantize(w))."""
     quantize = weight.args[0]
-    assert is_op(quantize, _QUANTIZE_CHANNEL), quantize
+    assert is_op(quantize, QUANTIZE_CHANNEL), quantize
     w, scale, zero = (getattr_from_fqn(module, a.target) for a in quantize.args[:3])
     axis, qmin, qmax, dtype = quantize.args[3:7]
     codes = _qd.quantize_per_channel(w, scale, zero, axis, qmin, qmax, dtype)

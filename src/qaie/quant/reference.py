@@ -33,14 +33,12 @@ from torch.fx import GraphModule, Node
 
 from qaie.imageio import Size
 from qaie.quant import quantize
-from qaie.quant.fxgraph import is_op
+from qaie.quant.fxgraph import DEQUANTIZE, DEQUANTIZE_CHANNEL, is_op
 from qaie.quant.split import find_norms, read_from, split, static_graph, value_of
 from qaie.runtime.codec import Codec
 from qaie.runtime.wholephoto import norm_statistics
 
 aten = torch.ops.aten
-_DEQUANTIZE = "quantized_decomposed.dequantize_per_tensor.default"
-_DEQUANTIZE_CHANNEL = "quantized_decomposed.dequantize_per_channel.default"
 _FLOAT32_EXACT = 1 << 24  # every integer up to 2^24 is a float32
 
 
@@ -55,14 +53,14 @@ def exact_ops(converted: GraphModule) -> GraphModule:
     Ops that do not read int8 codes (an FP32 graph) are left as they are."""
     graph = converted.graph
     for node in list(graph.nodes):
-        if is_op(node, aten.conv2d.default) and is_op(node.args[0], _DEQUANTIZE):
+        if is_op(node, aten.conv2d.default) and is_op(node.args[0], DEQUANTIZE):
             x, w = node.args[:2]
             bias, rest = (node.args[2] if len(node.args) > 2 else None), node.args[3:]
-            assert is_op(w, _DEQUANTIZE_CHANNEL) and w.args[3] == 0, w  # per output channel
+            assert is_op(w, DEQUANTIZE_CHANNEL) and w.args[3] == 0, w  # per output channel
             codes, x_scale, x_zero = x.args[:3]
             args = (codes, float(x_scale), int(x_zero), w.args[0], w.args[1], bias, *rest)
             _replace(graph, node, _integer_conv, args)
-        elif is_op(node, aten.tanh.default) and is_op(node.args[0], _DEQUANTIZE):
+        elif is_op(node, aten.tanh.default) and is_op(node.args[0], DEQUANTIZE):
             codes, scale, zero = node.args[0].args[:3]
             _replace(graph, node, _tanh_table, (codes, float(scale), int(zero)))
     graph.eliminate_dead_code()

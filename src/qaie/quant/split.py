@@ -26,13 +26,9 @@ import torch
 from torch import nn
 from torch.fx import Graph, GraphModule, Node
 
-from qaie.quant.fxgraph import is_op
+from qaie.quant.fxgraph import DEQUANTIZE, QUANTIZE, is_op
 
 aten = torch.ops.aten
-# quantized_decomposed ops exist once torchao is imported: matched by name, so FP32 graphs
-# split without it.
-_QUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
-_DEQUANTIZE = "quantized_decomposed.dequantize_per_tensor.default"
 
 IMAGE = "image"
 OUTPUT = "enhanced"
@@ -59,7 +55,7 @@ def _op(name: str):
 
 def _producer(node: Node) -> Node:
     """The compute op behind `node`, through dequantize/quantize pairs."""
-    while is_op(node, _DEQUANTIZE) or is_op(node, _QUANTIZE):
+    while is_op(node, DEQUANTIZE) or is_op(node, QUANTIZE):
         node = node.args[0]
     return node
 
@@ -67,7 +63,7 @@ def _producer(node: Node) -> Node:
 def value_of(node: Node) -> Node:
     """What the rest of the graph reads of a compute op: its quantize node, if it has one."""
     users = list(node.users)
-    return users[0] if len(users) == 1 and is_op(users[0], _QUANTIZE) else node
+    return users[0] if len(users) == 1 and is_op(users[0], QUANTIZE) else node
 
 
 def _qparams(node: Node) -> list[float] | None:
@@ -114,7 +110,7 @@ def find_norms(graph: Graph, owner: nn.Module) -> list[_Norm]:
         assert is_op(mean, aten.mean.dim) and _producer(mean.args[0]) is x, mean
         eps_arg = var_eps.args[1]
         eps_q = None
-        if is_op(eps_arg, _DEQUANTIZE):  # a quantized constant: q(get_attr) -> dq
+        if is_op(eps_arg, DEQUANTIZE):  # a quantized constant: q(get_attr) -> dq
             q = eps_arg.args[0]
             eps_q = [float(q.args[1]), int(q.args[2])]
             eps_arg = q.args[0]
@@ -131,7 +127,7 @@ def read_from(graph: Graph, statistic: Node, source: Node) -> None:
         statistic.replace_all_uses_with(source)
         return
     with graph.inserting_after(value):
-        q = graph.call_function(_op(_QUANTIZE), (source, *value.args[1:]))
+        q = graph.call_function(_op(QUANTIZE), (source, *value.args[1:]))
     value.replace_all_uses_with(q)
 
 
@@ -185,7 +181,7 @@ def split(module: GraphModule) -> Stages:
     height = image.meta["val"].shape[-2]
 
     def crossing(node: Node) -> Node:
-        return node.args[0] if is_op(node, _DEQUANTIZE) else node
+        return node.args[0] if is_op(node, DEQUANTIZE) else node
 
     for node in graph.nodes:
         if node.op == "output":
@@ -202,7 +198,7 @@ def split(module: GraphModule) -> Stages:
                     "stage": stage_of[src],
                     "scale": height // shape[-2],
                     "channels": int(shape[1]),
-                    "q": [float(src.args[1]), int(src.args[2])] if is_op(src, _QUANTIZE) else None,
+                    "q": [float(src.args[1]), int(src.args[2])] if is_op(src, QUANTIZE) else None,
                 }
     norm_inputs = [crossing_names[value_of(n.input)] for n in norms]
 
@@ -232,10 +228,10 @@ def split(module: GraphModule) -> Stages:
                     env[src] = new.placeholder(name)
                     inputs.append(name)
                 value = env[src]
-                if is_op(src, _QUANTIZE):  # re-read the int8 map at its scale
-                    value = new.call_function(_op(_QUANTIZE), (value, *src.args[1:]))
-                if is_op(arg, _DEQUANTIZE):
-                    value = new.call_function(_op(_DEQUANTIZE), (value, *arg.args[1:]))
+                if is_op(src, QUANTIZE):  # re-read the int8 map at its scale
+                    value = new.call_function(_op(QUANTIZE), (value, *src.args[1:]))
+                if is_op(arg, DEQUANTIZE):
+                    value = new.call_function(_op(DEQUANTIZE), (value, *arg.args[1:]))
                 env[arg] = value
                 return value
             raise AssertionError(f"{arg.name} is computed in a later stage")
@@ -251,7 +247,7 @@ def split(module: GraphModule) -> Stages:
         for name, src in outputs.items():  # a map leaves quantized: dequantize the int8 map
             node = env[src]
             out_values[name] = (
-                new.call_function(_op(_DEQUANTIZE), (node, *src.args[1:])) if is_op(src, _QUANTIZE) else node
+                new.call_function(_op(DEQUANTIZE), (node, *src.args[1:])) if is_op(src, QUANTIZE) else node
             )
         if s == n_stages - 1:
             out_values[OUTPUT] = read(result)
