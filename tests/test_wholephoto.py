@@ -13,14 +13,26 @@ from conftest import WINDOW
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
+from qaie.config import ModelConfig
 from qaie.errors import QaieError
+from qaie.quant import split
 from qaie.quant.checkpoint import load_model
 from qaie.quant.predict import open_model
 from qaie.quant.reference import TorchStageRunner, reference_model
 from qaie.quant.tflite_ops import inspect_tflite
 from qaie.runtime.codec import Codec
 from qaie.runtime.litert import TFLiteModel, enhance_image
-from qaie.runtime.wholephoto import ALIGN, HALO, enhance_whole, grid_starts, norm_statistics, own, plan_axis
+from qaie.runtime.wholephoto import (
+    ALIGN,
+    HALO,
+    Histogram,
+    enhance_whole,
+    grid_starts,
+    norm_statistics,
+    own,
+    plan_axis,
+    plan_windows,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +81,25 @@ def test_windows_are_as_few_as_the_halos_allow():
     """A 12 MP photo in the shipped model's 808x1064 windows: 4 rows of 808 cover 3000 with
     every inner edge a halo away (5 by the bound that adds a grid step to each overlap)."""
     assert len(plan_axis(3000, 808)) == 4 and len(plan_axis(4000, 1064)) == 4
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4, 6, 32])
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_histogram_counts_each_channel_of_strided_parts(channels, dtype):
+    """Counts per channel, code by code from the lowest, of a map added as owned parts of
+    windows (strided views, one of channel planes, one empty): what np.bincount counts channel by channel."""
+    rng = np.random.default_rng(channels)
+    info = np.iinfo(dtype)
+    window = rng.integers(info.min, info.max + 1, (29, 41, channels)).astype(dtype)
+    planes = np.ascontiguousarray(window.transpose(2, 0, 1)).transpose(1, 2, 0)  # as NCHW outputs
+    parts = [window[3:17, 5:33], window[17:, :9], planes[:3, 40:], window[5:5]]
+    histogram = Histogram(channels)
+    for part in parts:
+        histogram.add(part)
+    got = histogram.by_code(signed=info.min < 0)
+    for c in range(channels):
+        codes = np.concatenate([p[..., c].ravel() for p in parts]).astype(np.int64) - info.min
+        np.testing.assert_array_equal(got[c], np.bincount(codes, minlength=256))
 
 
 def test_norm_statistics_follow_the_reference_chain():
@@ -176,6 +207,32 @@ def test_checkpoint_windows_match_tile_none(quant_models):
     whole = open_model(quant_models.ckpt["qat"], whole=True)
     assert whole.sizes is None and whole.stages is None
     assert np.array_equal(enhance_image(windowed, photo), enhance_image(whole, photo))
+
+
+def test_each_architecture_records_the_halo_its_stages_need():
+    """The probed reach of the stages: 24 pixels for the full network (its S/8 bottleneck seen
+    through the S/4 decoder's convolutions), 32 without the decoder's refinement blocks
+    (nothing stops at a norm from S/8 to the output)."""
+    assert split.halo(ModelConfig(width=4)) == 24
+    assert split.halo(ModelConfig(width=4, fusion_refiners=False)) == 32
+
+
+def test_windows_owned_at_the_recorded_halo_are_exact_and_no_closer(quant_models):
+    """Two 152-pixel windows over a 256-pixel side own their pixels exactly the recorded 24
+    pixels from the inner edge: bit for bit the one-pass output. Planned with 16 (144-pixel
+    windows), the stages differ: the halo is needed, not a margin."""
+    photo = gradient_photo(256, 256, seed=3)
+    whole = enhance_image(open_model(quant_models.ckpt["qat"], whole=True), photo)
+    windowed = open_model(quant_models.ckpt["qat"], tile=(152, 152))
+    assert windowed.stages.meta["halo"] == 24
+    plan = plan_windows(windowed.stages, (256, 256))
+    assert [w.own_start - w.start for w in plan.rows[1:]] == [24]
+    assert np.array_equal(enhance_image(windowed, photo), whole)
+
+    closer = open_model(quant_models.ckpt["qat"], tile=(144, 144))
+    closer.stages.meta["halo"] = 16
+    assert len(plan_windows(closer.stages, (256, 256)).rows) == 2
+    assert not np.array_equal(enhance_image(closer, photo), whole)
 
 
 # ATen's kernel set and oneDNN's ISA, as on CPUs without AVX-512 (a Zen 3) or without AVX2

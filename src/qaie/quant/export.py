@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.fx import GraphModule
 
+from qaie.config import ModelConfig
 from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.nativelog import quiet_native_stderr
@@ -122,9 +123,11 @@ def stage_signature_name(stage: int, size: Size) -> str:
     return f"stage{stage}_{size[0]}x{size[1]}"
 
 
-def _stage_graphs(graph: GraphModule, size: Size) -> tuple[dict[str, tuple[nn.Module, dict]], dict]:
+def _stage_graphs(
+    graph: GraphModule, size: Size, config: ModelConfig
+) -> tuple[dict[str, tuple[nn.Module, dict]], dict]:
     """The stage signatures of one window size (module, NHWC sample inputs) and their meta."""
-    stages = split.split(graph)
+    stages = split.split(graph, config)
     graphs = {}
     for k, (module, stage) in enumerate(zip(stages.graphs, stages.meta["stages"], strict=True)):
         samples = {n: t.permute(0, 2, 3, 1) for n, t in split.sample_inputs(stages.meta, k, size).items()}
@@ -306,7 +309,9 @@ def export_tflite(
         graphs[signature_name(size)] = (_NhwcIo(static), {INPUT_NAME: torch.rand(1, *size, 3)})
         if stages and is_window(size):
             stage_graphs, meta = _stage_graphs(
-                static if isinstance(static, GraphModule) else split.static_graph(static, size), size
+                static if isinstance(static, GraphModule) else split.static_graph(static, size),
+                size,
+                net.config,
             )
             graphs |= stage_graphs
     if net.fmt == "fp32":

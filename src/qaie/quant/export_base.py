@@ -51,7 +51,8 @@ def stage_graphs(source: Source, size: Size) -> tuple[list[tuple[StageGraph, tup
     """The six stages of `source` in windows of `size` (`qaie.quant.split`: the converted graph's
     trained scales, nothing re-quantized), each with NCHW sample inputs, and the split's meta."""
     static = source.at(size)
-    stages = split.split(static if source.prepared is not None else split.static_graph(static, size))
+    graph = static if source.prepared is not None else split.static_graph(static, size)
+    stages = split.split(graph, source.config)
     graphs = []
     for k, (module, stage) in enumerate(zip(stages.graphs, stages.meta["stages"], strict=True)):
         samples = split.sample_inputs(stages.meta, k, size)

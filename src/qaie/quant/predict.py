@@ -81,7 +81,7 @@ class CheckpointModel:
         loaded = load_model(path)  # read once: the one-pass predictor and the stages share it
         self._predict = loaded_predictor(loaded)
         self.sizes = None if window is None else (window,)
-        self.stages = None if window is None else TorchStageRunner(loaded.net, [window])
+        self.stages = None if window is None else TorchStageRunner(loaded.net, [window], loaded.config)
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         import torch

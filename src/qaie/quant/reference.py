@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
+from qaie.config import ModelConfig
 from qaie.imageio import Size
 from qaie.quant import quantize
 from qaie.quant.fxgraph import DEQUANTIZE, DEQUANTIZE_CHANNEL, is_op
@@ -161,9 +162,9 @@ class TorchStageRunner:
     stage, with the same exact integer arithmetic.
     """
 
-    def __init__(self, net: nn.Module, window_sizes: list[Size]) -> None:
+    def __init__(self, net: nn.Module, window_sizes: list[Size], config: ModelConfig | None = None) -> None:
         self.window_sizes = tuple(window_sizes)
-        self._stages = {size: split(exact_ops(static_graph(net, size))) for size in self.window_sizes}
+        self._stages = {size: split(exact_ops(static_graph(net, size)), config) for size in self.window_sizes}
         self.meta = next(iter(self._stages.values())).meta
 
     def quant(self, name: str) -> Codec:

@@ -20,13 +20,17 @@ from the chain of scales recorded here, the way the reference model computes the
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.fx import Graph, GraphModule, Node
 
+from qaie.config import ModelConfig
 from qaie.quant.fxgraph import DEQUANTIZE, QUANTIZE, is_op
+from qaie.runtime.wholephoto import ALIGN
 
 aten = torch.ops.aten
 
@@ -40,7 +44,7 @@ class Stages:
 
     `meta` is plain JSON (what `wholephoto.enhance_whole` reads): per stage its input and output
     names; per crossing map its downscale factor and channels; per norm the map it reduces
-    and the quantization of each step of the statistics (None for FP32).
+    and the quantization of each step of the statistics (None for FP32); the `halo`.
     """
 
     graphs: list[GraphModule]
@@ -131,13 +135,14 @@ def read_from(graph: Graph, statistic: Node, source: Node) -> None:
     value.replace_all_uses_with(q)
 
 
-def split(module: GraphModule) -> Stages:
+def split(module: GraphModule, config: ModelConfig | None = None) -> Stages:
     """Cut an exported (static-shape) network graph into stages at its norm statistics.
 
     `module` takes one (1, 3, H, W) image and returns the enhanced image: a torch.export of
     EnhanceNet, or its quantized reference model. The stages it returns take and return
     named NCHW tensors: stage 0 takes the image; stage k (1..5) also takes ``mean{k}`` and
-    ``rstd{k}`` (1, C, 1, 1); the last returns ``enhanced``.
+    ``rstd{k}`` (1, C, 1, 1); the last returns ``enhanced``. With the network's `config`, the
+    meta records the `halo` its windows need (without, the runtime assumes its default).
     """
     gm = copy.deepcopy(module)
     graph = gm.graph
@@ -263,6 +268,8 @@ def split(module: GraphModule) -> Stages:
             for name, n, chain in zip(norm_inputs, norms, chains, strict=True)
         ],
     }
+    if config is not None:
+        meta["halo"] = halo(config)
     return Stages(graphs, meta)
 
 
@@ -292,3 +299,46 @@ def static_graph(net: nn.Module, size: tuple[int, int]) -> GraphModule:
 
         return quantize.convert(quantize.reprepare(net, example, dynamic=False))
     return torch.export.export(copy.deepcopy(net).eval(), (example,), strict=False).module()
+
+
+_PROBE = 256  # a probe size well beyond twice any stage's reach
+
+
+@functools.cache
+def halo(config: ModelConfig) -> int:
+    """The pixels, on the ALIGN grid, that a window needs between its inner edge and the pixels
+    it owns for every stage to compute them exactly: how far any stage output reaches into
+    its inputs across a cut on the grid, probed on an FP32 network of `config` (the reach is
+    the architecture's: the quantized and phase forms compute the same local function).
+
+    An output that no input beyond the cut reaches cannot see the zeros a window pads there
+    either: each layer's positions beyond the cut depend on inputs beyond it.
+    """
+    from qaie.nn.model import EnhanceNet
+
+    torch.manual_seed(0)
+    stages = split(static_graph(EnhanceNet(config), (_PROBE, _PROBE)))
+    cut, reach = _PROBE // 2, 0
+    for k, graph in enumerate(stages.graphs):
+        inputs = sample_inputs(stages.meta, k, (_PROBE, _PROBE))
+        names = [n.target for n in graph.graph.nodes if n.op == "placeholder"]
+        with torch.no_grad():
+            base = graph(*(inputs[n] for n in names))
+        for axis, before in itertools.product((2, 3), (True, False)):
+            changed = dict(inputs)
+            for name, t in inputs.items():
+                if t.shape[axis] > 1:  # a map or the image, not a statistic
+                    index = [slice(None)] * 4
+                    at = cut * t.shape[axis] // _PROBE
+                    index[axis] = slice(0, at) if before else slice(at, None)
+                    changed[name] = t.clone()
+                    changed[name][tuple(index)] += torch.rand_like(changed[name][tuple(index)])
+            with torch.no_grad():
+                out = graph(*(changed[n] for n in names))
+            for name, value in out.items():
+                s = _PROBE // value.shape[axis]
+                moved = (value != base[name]).movedim(axis, 0).flatten(1).any(dim=1).nonzero().flatten()
+                if len(moved):
+                    far = (int(moved.max()) + 1) * s - cut if before else cut - int(moved.min()) * s
+                    reach = max(reach, far)
+    return -(-reach // ALIGN) * ALIGN

@@ -42,7 +42,7 @@ from qaie.imageio import Size
 from qaie.jsonio import dumps
 from qaie.runtime import registry
 from qaie.runtime.litert import TFLiteModel, TileModel, choose_tile, enhance_image, format_size, plan_tiles
-from qaie.runtime.wholephoto import choose_window, padded_size, plan_axis
+from qaie.runtime.wholephoto import plan_windows
 
 
 @dataclass(frozen=True)
@@ -150,10 +150,8 @@ def frame_mode(model: TileModel, size: Size) -> tuple[str, Size, int]:
     if model.sizes is None and (fits is None or fits(size)):
         return "direct", size, 1
     if model.stages is not None and (model.sizes is None or size not in model.sizes):
-        padded = padded_size(*size, model.stages.window_sizes)
-        window = choose_window(model.stages.window_sizes, padded)
-        calls = len(plan_axis(padded[0], window[0])) * len(plan_axis(padded[1], window[1]))
-        return "stages", window, calls * len(model.stages.meta["stages"])
+        plan = plan_windows(model.stages, size)
+        return "stages", plan.window, len(plan.rows) * len(plan.cols) * len(model.stages.meta["stages"])
     tile = choose_tile(model.sizes, size)
     plan = plan_tiles(size, tile)
     mode = "direct" if size == tile else "padded" if plan.count == 1 else "tiled"

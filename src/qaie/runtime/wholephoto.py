@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from qaie.errors import QaieError
 from qaie.imageio import Size, to_uint8
@@ -40,7 +41,10 @@ from qaie.runtime.codec import Codec, look_up
 # The network's coarsest scale is S/8: windows and tiles start on this grid, so each pixel is
 # computed with the same stride phases as in a whole-image run.
 ALIGN = 8
-HALO = 32  # pixels at a window's inner edge that a stage cannot compute exactly (measured <= 24)
+# Pixels at a window's inner edge that a stage may not compute exactly, for stages whose meta
+# does not record their own `halo` (`qaie.quant.split.halo`: 24 for the full network, 32 for
+# every ModelConfig): exports made before it was recorded.
+HALO = 32
 IMAGE = "image"
 OUTPUT = "enhanced"
 
@@ -86,43 +90,40 @@ def _exact_mean(counts: np.ndarray, codes: np.ndarray, q: list) -> np.ndarray:
     return total * scale / counts.sum(axis=-1)
 
 
+def _band_histograms(mode: str, column: np.ndarray) -> np.ndarray:
+    """Pillow's 256 counts per band of a contiguous array read as one row of `mode` pixels."""
+    return np.asarray(Image.frombuffer(mode, (column.size, 1), column, "raw", mode, 0, 1).histogram())
+
+
 class Histogram:
     """Per-channel counts of the 256 codes of an 8-bit map, accumulated over parts of it
-    (each window's share as it is produced, while it is in cache). Channels are counted in
-    pairs, each pixel's two codes read as one 16-bit index: half the indexing work of one
-    count per code, into a table that still fits in cache."""
+    (each window's share as it is stored).
 
-    PIXELS = 1 << 18  # pixels per chunk
+    Counted by Pillow's histogram of 4-band images: each group of four channels is gathered
+    into one contiguous column of 32-bit pixels and read as an RGBA row. That is about 0.5 ns
+    a code on a window's owned part (a strided view), where numpy's bincount took 1.8: it
+    widens every index to 64 bits and takes a min/max pass first."""
 
     def __init__(self, channels: int) -> None:
         self.channels = channels
-        self._pairs = np.zeros((channels // 2, 1 << 16), np.int64)  # [pair, low + 256 high]
-        self._last = np.zeros(256, np.int64)  # an odd map's last channel
+        self._counts = np.zeros((channels, 256), np.int64)  # [channel, code & 255]
 
     def add(self, codes: np.ndarray) -> None:
-        """Count an 8-bit (H, W, C) map (any strides: a window's owned part is a view); a signed
-        code q is counted at q & 255."""
-        rows = max(1, self.PIXELS // codes.shape[1])
-        paired = self.channels - self.channels % 2
-        for start in range(0, len(codes), rows):
-            octets = (
-                np.ascontiguousarray(codes[start : start + rows]).view(np.uint8).reshape(-1, self.channels)
-            )
-            pairs = octets[:, :paired].view("<u2")  # channel 2j in the low byte, 2j + 1 in the high
-            for j, counts in enumerate(self._pairs):
-                counts += np.bincount(pairs[:, j], minlength=1 << 16)
-            if paired < self.channels:
-                self._last += np.bincount(octets[:, -1], minlength=256)
+        """Count an 8-bit (H, W, C) map (any strides: a window's owned part is a view, an NCHW
+        runtime's output a transposed one); a signed code q is counted at q & 255."""
+        if codes.strides[-1] != 1:  # channels apart: gathered once into pixels of C codes
+            codes = np.ascontiguousarray(codes)
+        octets = codes.view(np.uint8)
+        quads = self.channels - self.channels % 4
+        for c in range(0, quads, 4):
+            column = np.ascontiguousarray(octets[..., c : c + 4].view("<u4"))
+            self._counts[c : c + 4] += _band_histograms("RGBA", column).reshape(4, 256)
+        for c in range(quads, self.channels):  # a map whose width is not a multiple of 4
+            self._counts[c] += _band_histograms("L", np.ascontiguousarray(octets[..., c]))
 
     def by_code(self, signed: bool) -> np.ndarray:
         """(C, 256) counts of the codes from the lowest (-128 for signed maps, else 0) up."""
-        joint = self._pairs.reshape(-1, 256, 256)  # [pair, high, low]
-        counts = np.empty((self.channels, 256), np.int64)
-        counts[0 : len(joint) * 2 : 2] = joint.sum(axis=1)
-        counts[1 : len(joint) * 2 : 2] = joint.sum(axis=2)
-        if self.channels % 2:
-            counts[-1] = self._last
-        return np.roll(counts, 128, axis=1) if signed else counts
+        return np.roll(self._counts, 128, axis=1) if signed else self._counts.copy()
 
 
 def norm_statistics(values: np.ndarray, quant: Codec, norm: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -240,33 +241,56 @@ def plan_axis(length: int, window: int, halo: int = HALO) -> list[AxisWindow]:
     return windows
 
 
-def window_cost(padded: Size, window: Size) -> int | None:
+def window_cost(padded: Size, window: Size, halo: int = HALO) -> int | None:
     """Pixels the stages compute for a (padded) photo in windows of `window`; None if the
     window does not fit or is too small to leave an owned core."""
     if window[0] > padded[0] or window[1] > padded[1]:
         return None
     try:
-        rows, cols = plan_axis(padded[0], window[0]), plan_axis(padded[1], window[1])
+        rows, cols = plan_axis(padded[0], window[0], halo), plan_axis(padded[1], window[1], halo)
     except QaieError:
         return None
     return len(rows) * len(cols) * window[0] * window[1]
 
 
-def choose_window(sizes: tuple[Size, ...], padded: Size) -> Size | None:
+def choose_window(sizes: tuple[Size, ...], padded: Size, halo: int = HALO) -> Size | None:
     """The window size that computes the fewest pixels for the (padded) photo (overlaps are
     the overhead; the larger window on a tie), None if none fits."""
-    costs = {s: window_cost(padded, s) for s in sizes}
+    costs = {s: window_cost(padded, s, halo) for s in sizes}
     usable = [s for s, cost in costs.items() if cost is not None]
     return min(usable, key=lambda s: (costs[s], -s[0] * s[1])) if usable else None
 
 
-def padded_size(h: int, w: int, sizes: tuple[Size, ...]) -> Size:
+def padded_size(h: int, w: int, sizes: tuple[Size, ...], halo: int = HALO) -> Size:
     """Up to the ALIGN grid, and up to the smallest window where the photo is smaller."""
     ph, pw = -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN
-    if choose_window(sizes, (ph, pw)) is None:
+    if choose_window(sizes, (ph, pw), halo) is None:
         smallest = min(sizes, key=lambda s: s[0] * s[1])
         ph, pw = max(ph, smallest[0]), max(pw, smallest[1])
     return ph, pw
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How a photo runs through a model's stages: padded to `padded`, in windows of `window`
+    placed at `rows` x `cols`."""
+
+    padded: Size
+    window: Size
+    rows: list[AxisWindow]
+    cols: list[AxisWindow]
+
+
+def plan_windows(runner: StageRunner, photo: Size, window: Size | None = None) -> WindowPlan:
+    """The plan for a photo of size `photo` with the halo the runner's stages record: in
+    windows of `window`, or by default of the size that computes the fewest pixels."""
+    halo = runner.meta.get("halo", HALO)
+    padded = padded_size(*photo, runner.window_sizes, halo)
+    window = window or choose_window(runner.window_sizes, padded, halo)
+    if window not in runner.window_sizes:
+        raise QaieError(f"window {window} is not a stage size of the model")
+    rows, cols = plan_axis(padded[0], window[0], halo), plan_axis(padded[1], window[1], halo)
+    return WindowPlan(padded, window, rows, cols)
 
 
 # --- the stages over the windows --------------------------------------------------------------------
@@ -379,13 +403,10 @@ def enhance_whole(
     counts run beside the network instead of between its calls.
     """
     h, w = pixels.shape[:2]
-    ph, pw = padded_size(h, w, runner.window_sizes)
-    window = window or choose_window(runner.window_sizes, (ph, pw))
-    if window not in runner.window_sizes:
-        raise QaieError(f"window {window} is not a stage size of the model")
+    plan = plan_windows(runner, (h, w), window)
+    (ph, pw), window, rows, cols = plan.padded, plan.window, plan.rows, plan.cols
     if (ph, pw) != (h, w):
         pixels = np.pad(pixels, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
-    rows, cols = plan_axis(ph, window[0]), plan_axis(pw, window[1])
     stages = runner.meta["stages"]
     maps = _Maps(runner, (h, w), (ph, pw))
     image_table = runner.quant(IMAGE).image_table()  # pixel -> input value, window by window
