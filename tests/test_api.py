@@ -17,7 +17,7 @@ from qaie.imageio import read_rgb
 from qaie.quant.predict import CHECKPOINT_TILE, CheckpointModel
 from qaie.runtime.litert import TFLiteModel
 from qaie.runtime.models import default_model
-from qaie.runtime.wholephoto import plan_axis
+from qaie.runtime.wholephoto import plan_windows
 
 SHIPPED = "qaie-c32-int8"
 
@@ -135,7 +135,8 @@ def test_enhance_with_a_checkpoint_is_its_whole_photo_output(
     run = model.stages.run
     monkeypatch.setattr(model.stages, "run", lambda k, *args: calls.append(k) or run(k, *args))
     staged = qaie.enhance(image, model).astype(int)
-    windows = len(plan_axis(600, CHECKPOINT_TILE[0])) * len(plan_axis(1096, CHECKPOINT_TILE[1]))
+    plan = plan_windows(model.stages, (600, 1096))
+    windows = len(plan.rows) * len(plan.cols)
     stages = len(model.stages.meta["stages"])
     assert windows == 6 and sorted(calls) == sorted(list(range(stages)) * windows)
     whole = CheckpointModel(normed_checkpoint, window=None).run(image).astype(int)

@@ -231,8 +231,9 @@ def test_12_megapixel_photo_stays_under_memory_budget(tmp_path):
     assert _dims(dst) == (4000, 3000)
     calls = [tuple(c) for c in report["calls"]]
     (window,) = {c[1:] for c in calls}
-    windows = len(plan_axis(3000, window[0])) * len(plan_axis(4000, window[1]))
-    stages = len(read_sidecar(default_model())["stages"]["stages"])
+    meta = read_sidecar(default_model())["stages"]
+    windows = len(plan_axis(3000, window[0], meta["halo"])) * len(plan_axis(4000, window[1], meta["halo"]))
+    stages = len(meta["stages"])
     assert windows > 1 and sorted(calls) == sorted(
         (k, *window) for k in range(stages) for _ in range(windows)
     )

@@ -173,7 +173,9 @@ def test_int8_file_is_integer_only_and_whole_photo(quant_models, whole_photo_mod
     whole = reference(reference_model(quant_models.qat), photo)
     calls = []
     out = enhance_image(model, photo, progress=lambda done, total: calls.append((done, total)))
-    assert calls[-1][0] == calls[-1][1] == 6 * len(plan_axis(600, 128)) * len(plan_axis(808, 128))
+    plan = plan_windows(model.stages, (600, 808))  # the file's own halo: 24, not the default 32
+    assert model.stages.meta["halo"] == 24 and (len(plan.rows), len(plan.cols)) == (7, 10)
+    assert calls[-1][0] == calls[-1][1] == 6 * len(plan.rows) * len(plan.cols)
     assert psnr(out, whole) >= 40  # measured: 50.4 dB (LiteRT's int8 kernels vs torch)
 
 

@@ -196,13 +196,13 @@ class TFLiteStages:
             return outputs
         # Later windows are copied straight into the input tensors (window slices are strided
         # views: one copy instead of a contiguous copy and the runner's own), through the
-        # runner's own fields (ai-edge-litert is pinned). The arrays that view the tensors are
-        # dropped before Invoke, as `Interpreter.tensor` requires.
+        # runner's own fields (ai-edge-litert is pinned); the outputs are returned as views of
+        # the output tensors, which the caller copies from before the next call.
         wrapper, subgraph = runner._interpreter_wrapper, runner._subgraph_index
         for name, value in inputs.items():
             np.copyto(wrapper.tensor(self._interpreter, runner._inputs[name], subgraph), value)
         wrapper.Invoke(subgraph)
-        return {name: wrapper.GetTensor(index, subgraph) for name, index in runner._outputs}
+        return {name: wrapper.tensor(self._interpreter, index, subgraph) for name, index in runner._outputs}
 
 
 class TFLiteModel:

@@ -61,8 +61,8 @@ class StageRunner(Protocol):
 
     def run(self, stage: int, size: Size, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Stage `stage` on one window: NHWC (1, h, w, C) arrays by name -> arrays by name.
-        The inputs may be strided views; the outputs must be the caller's own (not views of
-        memory the next run overwrites): they are stored while the next window runs."""
+        The inputs may be strided views; the outputs may be views of the runtime's own memory,
+        valid until its next run (the caller copies what it keeps before that)."""
         ...
 
 
@@ -335,9 +335,13 @@ class _Maps:
         y, x = row.start // s, col.start // s
         return self.maps[name][None, y : y + size[0] // s, x : x + size[1] // s]
 
-    def store(self, outputs: dict[str, np.ndarray], row: AxisWindow, col: AxisWindow) -> None:
-        """Keep the owned part of a window's outputs: into the maps (counted into their
-        histograms on the way) or, decoded to pixels, into the output photo."""
+    def store(
+        self, outputs: dict[str, np.ndarray], row: AxisWindow, col: AxisWindow
+    ) -> list[tuple[str, np.ndarray]]:
+        """Copy the owned part of a window's outputs into the maps or, decoded to pixels, into
+        the output photo. Returns the photo's own pixels of what it stored in the maps whose
+        histograms `count` adds them to."""
+        counted = []
         for name, out in outputs.items():
             s = self.scales[name]
             y0, y1 = row.own_start // s, row.own_end // s
@@ -359,16 +363,18 @@ class _Maps:
             self.maps[name][y0:y1, x0:x1] = owned
             if name in self.counted:
                 photo = (-(-self.photo[0] // s), -(-self.photo[1] // s))
-                self._count(name, owned[: max(0, photo[0] - y0), : max(0, photo[1] - x0)])
+                counted.append((name, self.maps[name][y0 : min(y1, photo[0]), x0 : min(x1, photo[1])]))
+        return counted
 
-    def _count(self, name: str, part: np.ndarray) -> None:
-        """Add the photo's own pixels of a window's owned part of map `name` to its histogram."""
-        if part.size == 0:
-            return
-        codec = map_codec(self.runner.quant(name), self.counted[name])
-        if name not in self.histograms:
-            self.histograms[name] = Histogram(part.shape[-1])
-        self.histograms[name].add(part if part.dtype == codec.dtype else codec.encode(part))
+    def count(self, parts: list[tuple[str, np.ndarray]]) -> None:
+        """Add parts of the maps to their histograms."""
+        for name, part in parts:
+            if part.size == 0:
+                continue
+            codec = map_codec(self.runner.quant(name), self.counted[name])
+            if name not in self.histograms:
+                self.histograms[name] = Histogram(part.shape[-1])
+            self.histograms[name].add(part if part.dtype == codec.dtype else codec.encode(part))
 
     def release(self, stage: int) -> None:
         """Drop the maps that no stage after `stage` reads; one of the shape of a later map lends
@@ -398,9 +404,9 @@ def enhance_whole(
     window's share is stored. `window`: the stage size to use (default: the one that computes
     the fewest pixels). `progress(done, total)` after each window run.
 
-    A window's outputs are stored by a second thread while the next window runs (the runtimes
-    release the GIL while they compute, numpy while it copies and counts): the copies and
-    counts run beside the network instead of between its calls.
+    A window's owned outputs are copied into the maps straight from the runtime's memory
+    (one copy), then counted into the histograms by a second thread from the maps while the
+    next window runs (the runtimes release the GIL while they compute, Pillow while it counts).
     """
     h, w = pixels.shape[:2]
     plan = plan_windows(runner, (h, w), window)
@@ -411,10 +417,10 @@ def enhance_whole(
     maps = _Maps(runner, (h, w), (ph, pw))
     image_table = runner.quant(IMAGE).image_table()  # pixel -> input value, window by window
     total, done = len(stages) * len(rows) * len(cols), 0
-    with ThreadPoolExecutor(max_workers=1) as storer:
+    with ThreadPoolExecutor(max_workers=1) as counter:
         for k, stage in enumerate(stages):
             stats = maps.statistics(k) if k > 0 else {}
-            stored: Future | None = None
+            counted: list[Future] = []
             for row, col in itertools.product(rows, cols):
                 inputs = dict(stats)
                 for name in stage["inputs"]:
@@ -425,14 +431,12 @@ def enhance_whole(
                         inputs[name] = look_up(image_table, part)
                     elif name not in stats:
                         inputs[name] = maps.window(name, row, col, window)
-                outputs = runner.run(k, window, inputs)
-                if stored is not None:
-                    stored.result()  # the previous window's outputs are in (or raise here)
-                stored = storer.submit(maps.store, outputs, row, col)
+                parts = maps.store(runner.run(k, window, inputs), row, col)
+                counted.append(counter.submit(maps.count, parts))
                 done += 1
                 if progress:
                     progress(done, total)
-            if stored is not None:
-                stored.result()
+            for future in counted:
+                future.result()  # every part counted (or raise here)
             maps.release(k)
     return maps.result[:h, :w]
