@@ -9,14 +9,14 @@ another over overlapping windows of the photo:
     statistics of norm 1 over the whole map -> stage 1 over every window -> ...
     stage 5 over every window -> the enhanced photo
 
-Each stage is local, so a window's pixels at least `halo` from its inner edges are exact; the
+Each stage is local, so a window's pixels at least `halo` from its inner edges are exact (the
+halo the stages' meta records, `qaie.quant.split.halo`); the
 fewest windows that leave every owned pixel that far from an inner edge are run, and each pixel
 is taken from the window that owns it. The statistics are those of the whole map as the
 reference model computes them (each step quantized at its trained scale, from a per-channel
 histogram of the int8 map, counted window by window as the map is stored). Memory: the maps
 that cross stages (at most about 50 bytes per pixel for c=32 INT8, reused by later maps of the same
-shape) plus one window's activations and the previous window's outputs, never every
-activation of the photo.
+shape) plus one window's activations, never every activation of the photo.
 
 Torch-free: the runners implement `StageRunner`, for LiteRT files in qaie.runtime.litert and for
 checkpoints in PyTorch as qaie.quant.reference.TorchStageRunner (used by qaie.quant.predict).
