@@ -35,7 +35,7 @@ from qaie.config import ModelConfig
 from qaie.imageio import Size
 from qaie.quant import quantize
 from qaie.quant.fxgraph import DEQUANTIZE, DEQUANTIZE_CHANNEL, is_op
-from qaie.quant.split import find_norms, read_from, split, static_graph, value_of
+from qaie.quant.split import find_norms, read_from, run_stage, split, static_graph, value_of
 from qaie.runtime.codec import Codec
 from qaie.runtime.wholephoto import norm_statistics
 
@@ -177,10 +177,3 @@ class TorchStageRunner:
         }
         outputs = run_stage(graph, tensors)
         return {k: v.permute(0, 2, 3, 1).contiguous().numpy() for k, v in outputs.items()}
-
-
-def run_stage(graph: GraphModule, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    """One stage on NCHW tensors, by name."""
-    names = [n.target for n in graph.graph.nodes if n.op == "placeholder"]
-    with torch.no_grad():
-        return graph(*(inputs[name] for name in names))

@@ -290,6 +290,13 @@ def sample_inputs(meta: dict, stage: int, size: tuple[int, int]) -> dict[str, to
     return samples
 
 
+def run_stage(graph: GraphModule, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One stage on NCHW tensors, by name."""
+    names = [n.target for n in graph.graph.nodes if n.op == "placeholder"]
+    with torch.no_grad():
+        return graph(*(inputs[name] for name in names))
+
+
 def static_graph(net: nn.Module, size: tuple[int, int]) -> GraphModule:
     """The graph `split` takes, at one (H, W): a torch.export of an FP32 EnhanceNet, or the
     quantized reference model of a prepared QAT/PTQ graph (`qaie.quant.quantize`)."""
@@ -321,21 +328,15 @@ def halo(config: ModelConfig) -> int:
     cut, reach = _PROBE // 2, 0
     for k, graph in enumerate(stages.graphs):
         inputs = sample_inputs(stages.meta, k, (_PROBE, _PROBE))
-        names = [n.target for n in graph.graph.nodes if n.op == "placeholder"]
-        with torch.no_grad():
-            base = graph(*(inputs[n] for n in names))
+        base = run_stage(graph, inputs)
         for axis, before in itertools.product((2, 3), (True, False)):
-            changed = dict(inputs)
-            for name, t in inputs.items():
+            changed = {name: t.clone() for name, t in inputs.items()}
+            for t in changed.values():
                 if t.shape[axis] > 1:  # a map or the image, not a statistic
-                    index = [slice(None)] * 4
                     at = cut * t.shape[axis] // _PROBE
-                    index[axis] = slice(0, at) if before else slice(at, None)
-                    changed[name] = t.clone()
-                    changed[name][tuple(index)] += torch.rand_like(changed[name][tuple(index)])
-            with torch.no_grad():
-                out = graph(*(changed[n] for n in names))
-            for name, value in out.items():
+                    side = t.narrow(axis, 0, at) if before else t.narrow(axis, at, t.shape[axis] - at)
+                    side += torch.rand_like(side)
+            for name, value in run_stage(graph, changed).items():
                 s = _PROBE // value.shape[axis]
                 moved = (value != base[name]).movedim(axis, 0).flatten(1).any(dim=1).nonzero().flatten()
                 if len(moved):
