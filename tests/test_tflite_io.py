@@ -32,7 +32,7 @@ def float_io() -> bytes:
     batch = torch.rand(4, 3, 32, 32)
     ptq = quantize.prepare_ptq(EnhanceNet(ModelConfig(width=4)).eval(), batch[:2])
     quantize.calibrate(ptq, [batch])
-    stages, _ = export._stage_graphs(source_for("int8", ptq, None).at(SIZE), SIZE, ModelConfig(width=4))
+    stages, _ = export._stage_signatures(source_for("int8", ptq, None).at(SIZE), SIZE, ModelConfig(width=4))
     return export._convert(dict(list(stages.items())[:2]), int8=True)
 
 

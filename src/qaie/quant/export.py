@@ -41,14 +41,16 @@ from qaie.errors import QaieError
 from qaie.imageio import Size
 from qaie.nativelog import quiet_native_stderr
 from qaie.nn.model import EnhanceNet
-from qaie.quant import quantize, split
+from qaie.quant import quantize
 from qaie.quant.export_base import (
     Format,
+    StageGraph,
     check_outputs,
     common_sidecar,
     export_sizes,
     io_summary,
     source_for,
+    stage_graphs,
     write_export,
 )
 from qaie.quant.tflite_io import TENSOR_TYPES, integer_io, op_codes
@@ -107,32 +109,33 @@ class _NhwcIo(nn.Module):
 
 
 class _NhwcStage(nn.Module):
-    """One stage of `qaie.quant.split` with NHWC tensors by name in and out (maps, statistics)."""
+    """One stage (`export_base.StageGraph`) with NHWC tensors by name in and out (maps, statistics)."""
 
-    def __init__(self, graph: GraphModule, inputs: list[str]) -> None:
+    def __init__(self, stage: StageGraph) -> None:
         super().__init__()
-        self.stage = graph  # (not `graph`: an exported module's own FX graph has that name)
-        self.inputs = inputs
+        self.stage = stage
 
     def forward(self, **tensors: Tensor) -> dict[str, Tensor]:
-        outputs = self.stage(*(tensors[name].permute(0, 3, 1, 2) for name in self.inputs))
-        return {name: value.permute(0, 2, 3, 1) for name, value in outputs.items()}
+        outputs = self.stage(*(tensors[name].permute(0, 3, 1, 2) for name in self.stage.inputs))
+        return {
+            name: value.permute(0, 2, 3, 1) for name, value in zip(self.stage.outputs, outputs, strict=True)
+        }
 
 
 def stage_signature_name(stage: int, size: Size) -> str:
     return f"stage{stage}_{size[0]}x{size[1]}"
 
 
-def _stage_graphs(
-    graph: GraphModule, size: Size, config: ModelConfig
+def _stage_signatures(
+    static: nn.Module, size: Size, config: ModelConfig
 ) -> tuple[dict[str, tuple[nn.Module, dict]], dict]:
-    """The stage signatures of one window size (module, NHWC sample inputs) and their meta."""
-    stages = split.split(graph, config)
-    graphs = {}
-    for k, (module, stage) in enumerate(zip(stages.graphs, stages.meta["stages"], strict=True)):
-        samples = {n: t.permute(0, 2, 3, 1) for n, t in split.sample_inputs(stages.meta, k, size).items()}
-        graphs[stage_signature_name(k, size)] = (_NhwcStage(module, stage["inputs"]), samples)
-    return graphs, stages.meta
+    """The stage signatures of one window size (module, NHWC sample inputs by name) and their meta."""
+    stages, meta = stage_graphs(static, size, config)
+    signatures = {}
+    for k, (stage, samples) in enumerate(stages):
+        inputs = {name: t.permute(0, 2, 3, 1) for name, t in zip(stage.inputs, samples, strict=True)}
+        signatures[stage_signature_name(k, size)] = (_NhwcStage(stage), inputs)
+    return signatures, meta
 
 
 @contextlib.contextmanager
@@ -308,12 +311,8 @@ def export_tflite(
         static = net.at(size)
         graphs[signature_name(size)] = (_NhwcIo(static), {INPUT_NAME: torch.rand(1, *size, 3)})
         if stages and is_window(size):
-            stage_graphs, meta = _stage_graphs(
-                static if isinstance(static, GraphModule) else split.static_graph(static, size),
-                size,
-                net.config,
-            )
-            graphs |= stage_graphs
+            signatures, meta = _stage_signatures(static, size, net.config)
+            graphs |= signatures
     if net.fmt == "fp32":
         with torch.no_grad():
             model_bytes = _convert(graphs, int8=False)

@@ -47,12 +47,14 @@ class StageGraph(nn.Module):
         return tuple(out[name] for name in self.outputs)
 
 
-def stage_graphs(source: Source, size: Size) -> tuple[list[tuple[StageGraph, tuple[Tensor, ...]]], dict]:
-    """The six stages of `source` in windows of `size` (`qaie.quant.split`: the converted graph's
-    trained scales, nothing re-quantized), each with NCHW sample inputs, and the split's meta."""
-    static = source.at(size)
-    graph = static if source.prepared is not None else split.static_graph(static, size)
-    stages = split.split(graph, source.config)
+def stage_graphs(
+    static: nn.Module, size: Size, config: ModelConfig
+) -> tuple[list[tuple[StageGraph, tuple[Tensor, ...]]], dict]:
+    """The six stages of `static` (`Source.at(size)`) in windows of `size` (`qaie.quant.split`:
+    the converted graph's trained scales, nothing re-quantized), each with NCHW sample inputs,
+    and the split's meta."""
+    graph = static if isinstance(static, GraphModule) else split.static_graph(static, size)
+    stages = split.split(graph, config)
     graphs = []
     for k, (module, stage) in enumerate(zip(stages.graphs, stages.meta["stages"], strict=True)):
         samples = split.sample_inputs(stages.meta, k, size)

@@ -137,7 +137,7 @@ def export_pte(
         example = torch.rand(1, 3, *size)
         programs[signature_name(size)] = torch.export.export(folded(net.at(size)), (example,))
         if stages and is_window(size):
-            graphs, meta = export_base.stage_graphs(net, size)
+            graphs, meta = export_base.stage_graphs(net.at(size), size, net.config)
             for k, (graph, samples) in enumerate(graphs):
                 folded(graph.stage)
                 programs[stage_signature_name(k, size)] = torch.export.export(graph, samples)

@@ -177,7 +177,7 @@ def _write_stages(net: Source, windows: list[Size], folder: Path) -> dict | None
     integer rewrites inside); the split's meta, None without windows."""
     meta = None
     for window in windows:
-        graphs, meta = stage_graphs(net, window)
+        graphs, meta = stage_graphs(net.at(window), window, net.config)
         for k, (graph, samples) in enumerate(graphs):
             model = _to_onnx(graph, dict(zip(graph.inputs, samples, strict=True)), graph.outputs)
             if net.fmt == "int8":
