@@ -16,6 +16,8 @@ from qaie.cli import main
 from qaie.config import ModelConfig
 from qaie.errors import QaieError
 from qaie.experiment.train import EnhanceModule, TrainConfig
+from qaie.nn.model import EnhanceNet
+from qaie.quant import quantize
 from qaie.quant.checkpoint import load_model
 from qaie.quant.tflite_ops import inspect_tflite
 
@@ -63,7 +65,14 @@ def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, c
     """PTQ, one epoch of label-free QAT, export, and the file's fidelity to FP32 on held-out photos."""
     out, report = tmp_path / "m.tflite", tmp_path / "m.json"
     args = ["quantize", str(quant_models.ckpt["fp32"]), "--photos", str(photo_folder), "--size", "128x128"]
-    args += ["--out", str(out), "--qat-epochs", "1", "--crop", "64", "--repeats", "1", "--json", str(report)]
+    args += [
+        "--out",
+        str(out),
+        "--qat-epochs",
+        "1",
+        "--json",
+        str(report),
+    ]  # frames of 128x128 pooled to 64x64
     assert main(args) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "fidelity to FP32 on 1 held-out photos" in printed
@@ -76,3 +85,39 @@ def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, c
     assert inspect_tflite(out).float_ops == 0
     saved = torch.load(result["checkpoint"], weights_only=False)["state_dict"]
     assert not any(key.startswith("teacher") for key in saved)  # the teacher stays its own file
+
+
+def test_qat_starts_from_ptq_ranges() -> None:
+    """Label-free QAT trains on the ranges PTQ's observers set (the study's policy), not on
+    QAT's own moving averages: every fake-quant takes the scale of the observer of its tensor."""
+    torch.manual_seed(0)
+    net = EnhanceNet(ModelConfig(width=4)).eval()
+    frames = [torch.rand(2, 3, 64, 64) for _ in range(3)]
+    observed = quantize.prepare_ptq(net, frames[0])
+    quantize.calibrate(observed, frames)
+    fake_quant = quantize.prepare_qat(net, frames[0])
+    quantize.adopt_ranges(fake_quant, observed)
+    qat_modules, ptq_modules = dict(fake_quant.named_modules()), dict(observed.named_modules())
+    watched = quantize._watchers(fake_quant)
+    assert watched.keys() == quantize._watchers(observed).keys()
+    adopted = 0
+    for node, target in watched.items():
+        fq, observer = qat_modules[target], ptq_modules[quantize._watchers(observed)[node]]
+        if isinstance(fq, quantize.FixedQParamsFakeQuantize):
+            continue
+        scale, zero_point = observer.calculate_qparams()
+        assert torch.equal(fq.scale, scale) and torch.equal(fq.zero_point, zero_point.to(fq.zero_point)), node
+        adopted += 1
+    assert adopted > 50  # every activation and weight of the network, not a few
+
+
+def test_frames_only_for_photos(photo_folder: Path) -> None:
+    """An HxW training crop is a frame of photos: data; shrinking may not go below the network's minimum."""
+    with pytest.raises(QaieError, match="photos: data only"):
+        TrainConfig(data="builtin", epochs=1, crop=(64, 96))
+    with pytest.raises(QaieError, match="--shrink 16"):
+        TrainConfig(data=f"photos:{photo_folder}", epochs=1, qat=True, init="f.ckpt", crop=(64, 96), shrink=16)
+    config = TrainConfig.from_dict(
+        {"data": f"photos:{photo_folder}", "epochs": 1, "qat": True, "init": "f.ckpt", "crop": [64, 96]}
+    )
+    assert config.crop == (64, 96) and config.crop_size == (64, 96)  # as config.json gives it back

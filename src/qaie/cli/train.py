@@ -7,6 +7,7 @@ import sys
 
 from qaie.cli.common import add_model_args, model_config_from_args
 from qaie.data.spec import SPEC_SYNTAX
+from qaie.errors import QaieError
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
@@ -20,12 +21,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="crops per step and device (default 16)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4; 1e-5 with --qat)")
     p.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up, then cosine (default 1)")
-    p.add_argument("--crop", type=int, default=100, help="training crop size (default 100, as DPED)")
+    p.add_argument(
+        "--crop", default="100", help="training crop size (default 100, as DPED); HxW: frames of photos: data"
+    )
     p.add_argument("--repeats", type=int, default=1, help="crops per image per epoch (default 1)")
-    p.add_argument("--loss", default="paper", help="paper | msssim | l1 (default paper)")
+    p.add_argument("--loss", default="paper", help="paper | msssim | l1 | mse (default paper)")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, crops, degradations, order")
     p.add_argument(
-        "--val-crop", type=int, default=128, help="validation centre crop (default 128; 0: whole images)"
+        "--val-crop", default="128", help="validation centre crop, N or HxW (default 128; 0: whole images)"
     )
     p.add_argument("--val-limit", type=int, help="validate on the first N images only")
     p.add_argument("--precision", default="32", help="32 | bf16-mixed (default 32)")
@@ -46,9 +49,24 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibrate-size",
         metavar="HxW",
-        help="QAT: calibrate the observers on training photos of this size first, then freeze them",
+        help="QAT: set the ranges by PTQ's observers on training photos of this size first, then freeze them",
+    )
+    p.add_argument(
+        "--shrink", type=int, default=1, help="average-pool each training batch by this factor (default 1)"
     )
     p.set_defaults(handler=_run_train)
+
+
+def _crop(text: str, flag: str) -> int | tuple[int, int]:
+    """'N' -> N (0 allowed: --val-crop's whole images), 'HxW' -> (H, W)."""
+    from qaie.runtime.litert import parse_size
+
+    if "x" in text.lower():
+        return parse_size(text, flag)
+    try:
+        return int(text)
+    except ValueError:
+        raise QaieError(f"{flag} {text!r}: expected N or HxW") from None
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -60,11 +78,11 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr if args.lr is not None else (QAT_LR if args.qat else FP32_LR),
         warmup_epochs=args.warmup_epochs,
-        crop=args.crop,
+        crop=_crop(args.crop, "--crop"),
         repeats=args.repeats,
         loss=args.loss,
         seed=args.seed,
-        val_crop=args.val_crop or None,
+        val_crop=_crop(args.val_crop, "--val-crop") or None,
         val_limit=args.val_limit,
         precision=args.precision,
         devices=args.devices,
@@ -77,6 +95,7 @@ def _run_train(args: argparse.Namespace) -> int:
         freeze_observers_after=args.freeze_observers_after,
         teacher=args.teacher,
         calibrate_size=args.calibrate_size,
+        shrink=args.shrink,
     )
     result = train(model_config_from_args(args), config, args.out, resume=args.resume)
     if result.rank != 0:

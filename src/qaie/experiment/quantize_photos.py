@@ -4,11 +4,12 @@ For the common case of a user with a model (their own, or the paper's release th
 import`) and photos, but not the labelled pairs it was trained on:
 
 1. PTQ: the FP32 network calibrated on the training photos at the size it will run at;
-2. label-free QAT (`--qat-epochs N`, default 0: skipped, because on the official weights it
-   did not beat PTQ; docs/results.md): the fake-quant network, its observers
-   calibrated at that size and frozen, trained to reproduce the FP32 network's own output on
-   crops of the training photos (`qaie train --qat --data photos:`, teacher = the FP32 model),
-   the checkpoint chosen by fidelity on the validation photos;
+2. label-free QAT (`--qat-epochs N`): the fake-quant network, its ranges PTQ's (set at that
+   size, then frozen), trained to reproduce the FP32 network's own output (`qaie train --qat
+   --data photos:`, teacher = the FP32 model) on frames of that size from the training photos,
+   average-pooled by `shrink` (whole-frame norm statistics at a quarter of the cost; crops
+   show the norms other statistics and made it worse, docs/results.md), the checkpoint chosen
+   by fidelity on the validation photos;
 3. export of the result to .tflite, .onnx or .pte;
 4. fidelity of the exported *file* to the FP32 network on the held-out test photos at that size,
    for PTQ and QAT alike, and parity of the file with its checkpoint.
@@ -27,12 +28,14 @@ from qaie.data.datasets import VAL_SEED, make_dataset
 from qaie.errors import QaieError
 from qaie.experiment.evaluate import FidelityResult, checkpoint_predictor, evaluate_fidelity, tflite_predictor
 from qaie.experiment.parity import ParityReport, run_parity
-from qaie.experiment.train import QAT_LR, TrainConfig, train
+from qaie.experiment.train import TrainConfig, train
 from qaie.imageio import Size
 from qaie.quant.calibrate import calibrate_checkpoint
 from qaie.quant.checkpoint import load_model
 from qaie.runtime import registry
 from qaie.runtime.litert import format_size
+
+LABEL_FREE_LR = 5e-5  # Adam on frames at half size (docs/results.md, "Label-free QAT")
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,11 @@ class QuantizeConfig:
         size: (H, W) the model runs at (the exported size; calibration and fidelity frames).
         out: .tflite, .onnx or .pte to write.
         work: folder for the PTQ checkpoint and the QAT run (resumable).
-        qat_epochs: label-free QAT epochs after PTQ; 0 exports the PTQ model.
-        crop: QAT training crop side.
-        batch_size, repeats, lr, loss: QAT training settings (`qaie train`'s).
+        qat_epochs: label-free QAT epochs after PTQ (one frame per training photo each); 0
+            exports the PTQ model.
+        shrink: QAT frames average-pooled by this factor.
+        lr, loss: QAT training settings (`qaie train`'s; mean squared error is what PSNR
+            measures, docs/results.md).
         test_limit: report fidelity on the first N test photos only.
     """
 
@@ -57,11 +62,9 @@ class QuantizeConfig:
     out: Path
     work: Path
     qat_epochs: int = 0
-    crop: int = 512
-    batch_size: int = 2
-    repeats: int = 4
-    lr: float = QAT_LR
-    loss: str = "l1"
+    shrink: int = 2
+    lr: float = LABEL_FREE_LR
+    loss: str = "mse"
     test_limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -115,13 +118,13 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
         qat = TrainConfig(
             data=config.data,
             epochs=config.qat_epochs,
-            batch_size=config.batch_size,
+            batch_size=1,
             lr=config.lr,
             warmup_epochs=0,
-            crop=config.crop,
-            repeats=config.repeats,
+            crop=config.size,
+            shrink=config.shrink,
             loss=config.loss,
-            val_crop=min(config.crop, *config.size),
+            val_crop=config.size,
             qat=True,
             init=str(config.checkpoint),
             calibrate_size=format_size(config.size),

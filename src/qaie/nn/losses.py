@@ -103,7 +103,14 @@ class L1Loss(nn.Module):
         return F.l1_loss(pred.float(), target.float())
 
 
-LOSSES: dict[str, type[nn.Module]] = {"paper": PaperLoss, "msssim": MSSSIMLoss, "l1": L1Loss}
+class MSELoss(nn.Module):
+    """Mean squared error: what PSNR measures (label-free QAT's default: fidelity to the teacher)."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(pred.float(), target.float())
+
+
+LOSSES: dict[str, type[nn.Module]] = {"paper": PaperLoss, "msssim": MSSSIMLoss, "l1": L1Loss, "mse": MSELoss}
 
 
 def make_loss(name: str) -> nn.Module:

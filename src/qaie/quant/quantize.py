@@ -43,7 +43,12 @@ import torch
 from torch import Tensor
 from torch.export import Dim
 from torch.fx import GraphModule, Node
-from torchao.quantization.pt2e import FakeQuantize, disable_observer, enable_observer
+from torchao.quantization.pt2e import (
+    FakeQuantize,
+    FixedQParamsFakeQuantize,
+    disable_observer,
+    enable_observer,
+)
 from torchao.quantization.pt2e.observer import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -409,6 +414,42 @@ def freeze_observers(prepared: GraphModule) -> None:
     """Stop updating scales (QAT after N steps, and before evaluating): fake-quant keeps
     using the current scale/zero point. No effect on PTQ observers (they only observe)."""
     prepared.apply(disable_observer)
+
+
+def adopt_ranges(fake_quant: GraphModule, observed: GraphModule) -> None:
+    """Give each fake-quant of a QAT graph the range PTQ's observer of the same tensor saw
+    (both prepared from one network: their observers watch nodes of the same names).
+
+    QAT then starts from PTQ's ranges (the observer study's policy) instead of its own moving
+    averages; with the observers frozen it keeps them.
+    """
+    watched = {name: _watchers(graph) for name, graph in (("qat", fake_quant), ("ptq", observed))}
+    assert watched["qat"].keys() == watched["ptq"].keys(), "graphs of different networks"
+    qat_modules, ptq_modules = dict(fake_quant.named_modules()), dict(observed.named_modules())
+    for node, target in watched["qat"].items():
+        fq, observer = qat_modules[target], ptq_modules[watched["ptq"][node]]
+        if isinstance(fq, FixedQParamsFakeQuantize):
+            continue
+        fq.activation_post_process.min_val = observer.min_val.clone()
+        fq.activation_post_process.max_val = observer.max_val.clone()
+        scale, zero_point = fq.activation_post_process.calculate_qparams()
+        fq.scale.resize_(scale.shape).copy_(scale)
+        fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
+
+
+def _watchers(graph: GraphModule) -> dict[str, str]:
+    """Observed node name -> the observer or fake-quant module watching it (each tensor has one
+    module; later calls of a shared one are skipped)."""
+    modules = dict(graph.named_modules())
+    watched = {}
+    for node in graph.graph.nodes:
+        if (
+            node.op == "call_module"
+            and node.target in modules
+            and node.target.startswith("activation_post_process")
+        ):
+            watched.setdefault(node.args[0].name, node.target)
+    return watched
 
 
 def convert(prepared: GraphModule, phases: bool = False) -> GraphModule:
