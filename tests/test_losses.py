@@ -85,5 +85,13 @@ def test_msssim_refuses_crops_below_its_minimum_with_the_fix() -> None:
 
 
 def test_unknown_loss_name_lists_the_choices() -> None:
-    with pytest.raises(QaieError, match="l1"):
-        make_loss("mse")
+    with pytest.raises(QaieError, match=r"l1.*mse|mse.*l1"):
+        make_loss("huber")
+
+
+def test_mse_is_what_psnr_measures() -> None:
+    """Label-free QAT's loss: its value gives the PSNR of the prediction directly."""
+    pred, target = torch.full((1, 3, 8, 8), 0.5), torch.full((1, 3, 8, 8), 0.25)
+    loss = make_loss("mse")(pred, target)
+    assert loss.item() == pytest.approx(0.0625)
+    assert (10 * torch.log10(1 / loss)).item() == pytest.approx(12.04, abs=0.01)

@@ -116,7 +116,9 @@ def test_frames_only_for_photos(photo_folder: Path) -> None:
     with pytest.raises(QaieError, match="photos: data only"):
         TrainConfig(data="builtin", epochs=1, crop=(64, 96))
     with pytest.raises(QaieError, match="--shrink 16"):
-        TrainConfig(data=f"photos:{photo_folder}", epochs=1, qat=True, init="f.ckpt", crop=(64, 96), shrink=16)
+        TrainConfig(
+            data=f"photos:{photo_folder}", epochs=1, qat=True, init="f.ckpt", crop=(64, 96), shrink=16
+        )
     config = TrainConfig.from_dict(
         {"data": f"photos:{photo_folder}", "epochs": 1, "qat": True, "init": "f.ckpt", "crop": [64, 96]}
     )
