@@ -22,9 +22,9 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--qat-epochs",
         type=int,
-        default=0,
-        help="label-free QAT epochs after PTQ (default 0: PTQ only; measured so far it does not beat PTQ, "
-        "docs/results.md)",
+        default=7,
+        help="label-free QAT epochs after PTQ, one frame per training photo each (default 7: +1.9 dB over "
+        "PTQ on the official weights, docs/results.md; 0: PTQ only)",
     )
     p.add_argument(
         "--shrink",

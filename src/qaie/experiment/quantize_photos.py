@@ -61,7 +61,7 @@ class QuantizeConfig:
     size: Size
     out: Path
     work: Path
-    qat_epochs: int = 0
+    qat_epochs: int = 7
     shrink: int = 2
     lr: float = LABEL_FREE_LR
     loss: str = "mse"
