@@ -97,12 +97,11 @@ def test_qat_starts_from_ptq_ranges() -> None:
     quantize.calibrate(observed, frames)
     fake_quant = quantize.prepare_qat(net, frames[0])
     quantize.adopt_ranges(fake_quant, observed)
-    qat_modules, ptq_modules = dict(fake_quant.named_modules()), dict(observed.named_modules())
-    watched = quantize._watchers(fake_quant)
-    assert watched.keys() == quantize._watchers(observed).keys()
+    watched, observers = quantize._watchers(fake_quant), quantize._watchers(observed)
+    assert watched.keys() == observers.keys()
     adopted = 0
-    for node, target in watched.items():
-        fq, observer = qat_modules[target], ptq_modules[quantize._watchers(observed)[node]]
+    for node, fq in watched.items():
+        observer = observers[node]
         if isinstance(fq, quantize.FixedQParamsFakeQuantize):
             continue
         scale, zero_point = observer.calculate_qparams()

@@ -44,7 +44,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.experiment.quantize_photos import QuantizeConfig, quantize_from_photos, summary
+    from qaie.experiment.quantize_photos import LABEL_FREE_LR, QuantizeConfig, quantize_from_photos, summary
     from qaie.runtime.litert import parse_size
 
     out = Path(args.out)
@@ -61,7 +61,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
         work=Path(args.work) if args.work else out.with_name(out.name + ".work"),
         qat_epochs=args.qat_epochs,
         shrink=args.shrink,
-        **({"lr": args.lr} if args.lr is not None else {}),
+        lr=args.lr if args.lr is not None else LABEL_FREE_LR,
         test_limit=args.test_limit,
     )
     result = quantize_from_photos(config)

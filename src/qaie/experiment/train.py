@@ -426,11 +426,11 @@ def initial_net(model_config: ModelConfig, config: TrainConfig, resume: bool = F
         from qaie.quant.quantize import prepare_qat
 
         # Batch 2: torch.export specializes a dimension whose example is 1, even if marked dynamic.
-        fp32 = net
-        net = prepare_qat(net, torch.rand(2, 3, *config.crop_size))  # size-dynamic graph
+        qat = prepare_qat(net, torch.rand(2, 3, *config.crop_size))  # size-dynamic graph
         if config.calibrate_size is not None and not resume:
-            _calibrate_at_size(net, fp32, config)
-        allow_exported_model_train_eval(net)  # Lightning calls .train() / .eval()
+            _calibrate_at_size(qat, net, config)
+        allow_exported_model_train_eval(qat)  # Lightning calls .train() / .eval()
+        return qat
     return net
 
 

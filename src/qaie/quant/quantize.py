@@ -423,21 +423,19 @@ def adopt_ranges(fake_quant: GraphModule, observed: GraphModule) -> None:
     QAT then starts from PTQ's ranges (the observer study's policy) instead of its own moving
     averages; with the observers frozen it keeps them.
     """
-    watched = {name: _watchers(graph) for name, graph in (("qat", fake_quant), ("ptq", observed))}
-    assert watched["qat"].keys() == watched["ptq"].keys(), "graphs of different networks"
-    qat_modules, ptq_modules = dict(fake_quant.named_modules()), dict(observed.named_modules())
-    for node, target in watched["qat"].items():
-        fq, observer = qat_modules[target], ptq_modules[watched["ptq"][node]]
+    qat, ptq = _watchers(fake_quant), _watchers(observed)
+    assert qat.keys() == ptq.keys(), "graphs of different networks"
+    for node, fq in qat.items():
         if isinstance(fq, FixedQParamsFakeQuantize):
             continue
-        fq.activation_post_process.min_val = observer.min_val.clone()
-        fq.activation_post_process.max_val = observer.max_val.clone()
+        fq.activation_post_process.min_val = ptq[node].min_val.clone()
+        fq.activation_post_process.max_val = ptq[node].max_val.clone()
         scale, zero_point = fq.activation_post_process.calculate_qparams()
         fq.scale.resize_(scale.shape).copy_(scale)
         fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
 
 
-def _watchers(graph: GraphModule) -> dict[str, str]:
+def _watchers(graph: GraphModule) -> dict[str, torch.nn.Module]:
     """Observed node name -> the observer or fake-quant module watching it (each tensor has one
     module; later calls of a shared one are skipped)."""
     modules = dict(graph.named_modules())
@@ -448,7 +446,7 @@ def _watchers(graph: GraphModule) -> dict[str, str]:
             and node.target in modules
             and node.target.startswith("activation_post_process")
         ):
-            watched.setdefault(node.args[0].name, node.target)
+            watched.setdefault(node.args[0].name, modules[node.target])
     return watched
 
 
