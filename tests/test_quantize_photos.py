@@ -3,6 +3,7 @@ file, with the FP32 model's own outputs as the targets (never the photos themsel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 from qaie.cli import main
 from qaie.config import ModelConfig
 from qaie.errors import QaieError
-from qaie.experiment.train import EnhanceModule, TrainConfig
+from qaie.experiment.train import EnhanceModule, TrainConfig, initial_net
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize
 from qaie.quant.checkpoint import load_model
@@ -108,6 +109,30 @@ def test_qat_starts_from_ptq_ranges() -> None:
         assert torch.equal(fq.scale, scale) and torch.equal(fq.zero_point, zero_point.to(fq.zero_point)), node
         adopted += 1
     assert adopted > 50  # every activation and weight of the network, not a few
+
+
+def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path) -> None:
+    """--ranges PTQ.ckpt (what `qaie quantize` passes): the fake-quant takes that checkpoint's
+    scales and keeps them; another kind of checkpoint is refused."""
+    ckpt = quant_models.ckpt
+    config = TrainConfig(
+        data=f"photos:{photo_folder}", epochs=1, qat=True, init=str(ckpt["fp32"]), crop=32, ranges=str(ckpt["ptq"])
+    )
+    assert config.freeze_observers_after == 0
+    net = initial_net(ModelConfig(width=4), config)
+    observers = quantize._watchers(load_model(ckpt["ptq"]).net)
+    learned = 0
+    for node, fq in quantize._watchers(net).items():
+        if isinstance(fq, quantize.FixedQParamsFakeQuantize):
+            continue
+        scale, _ = observers[node].calculate_qparams()
+        assert torch.equal(fq.scale, scale) and not fq.observer_enabled[0], node
+        learned += 1
+    assert learned > 50
+    with pytest.raises(QaieError, match="needs a PTQ checkpoint"):
+        initial_net(ModelConfig(width=4), dataclasses.replace(config, ranges=str(ckpt["qat"])))
+    with pytest.raises(QaieError, match="pass one"):
+        dataclasses.replace(config, calibrate_size="64x64")
 
 
 def test_frames_only_for_photos(photo_folder: Path) -> None:

@@ -52,6 +52,11 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="QAT: set the ranges by PTQ's observers on training photos of this size first, then freeze them",
     )
     p.add_argument(
+        "--ranges",
+        metavar="PTQ.ckpt",
+        help="QAT: start from this PTQ checkpoint's ranges (qaie calibrate) and keep them",
+    )
+    p.add_argument(
         "--shrink", type=int, default=1, help="average-pool each training batch by this factor (default 1)"
     )
     p.set_defaults(handler=_run_train)
@@ -95,6 +100,7 @@ def _run_train(args: argparse.Namespace) -> int:
         freeze_observers_after=args.freeze_observers_after,
         teacher=args.teacher,
         calibrate_size=args.calibrate_size,
+        ranges=args.ranges,
         shrink=args.shrink,
     )
     result = train(model_config_from_args(args), config, args.out, resume=args.resume)

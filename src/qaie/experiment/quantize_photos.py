@@ -33,7 +33,6 @@ from qaie.imageio import Size
 from qaie.quant.calibrate import calibrate_checkpoint
 from qaie.quant.checkpoint import load_model
 from qaie.runtime import registry
-from qaie.runtime.litert import format_size
 
 LABEL_FREE_LR = 5e-5  # Adam on frames at half size (docs/results.md, "Label-free QAT")
 
@@ -127,7 +126,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
             val_crop=config.size,
             qat=True,
             init=str(config.checkpoint),
-            calibrate_size=format_size(config.size),
+            ranges=str(ptq),
         )
         run = config.work / "qat"
         result = train(loaded.config, qat, run, resume=(run / "last.ckpt").exists())

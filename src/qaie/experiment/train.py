@@ -93,6 +93,9 @@ class TrainConfig:
         calibrate_size: QAT: "HxW"; before the first step the quantization ranges are set by
             PTQ's observers (`QuantSpecs.build`) on training photos of this size (the size the
             model will run at) and stay frozen.
+        ranges: QAT: a PTQ checkpoint of the same network (`qaie calibrate`, `qaie quantize`'s
+            ptq.ckpt); the fake-quant starts from its ranges and keeps them (as calibrate_size,
+            without calibrating again).
         shrink: average-pool each training batch (input and target) by this factor: frames at
             1/shrink² of the cost, their norms still seeing whole-frame statistics.
     """
@@ -120,6 +123,7 @@ class TrainConfig:
     freeze_observers_after: int | None = None
     teacher: str | None = None
     calibrate_size: str | None = None
+    ranges: str | None = None
     shrink: int = 1
 
     def __post_init__(self) -> None:
@@ -169,11 +173,16 @@ class TrainConfig:
             raise QaieError("--qat trains in float32 (fake quantization); drop --precision bf16-mixed")
         if self.freeze_observers_after is not None and not self.qat:
             raise QaieError("--freeze-observers-after applies to --qat only")
+        if self.calibrate_size is not None and self.ranges is not None:
+            raise QaieError("--calibrate-size and --ranges both set the ranges; pass one")
         if self.calibrate_size is not None:
-            if not self.qat:
-                raise QaieError("--calibrate-size applies to --qat only")
             parse_size(self.calibrate_size, "--calibrate-size")
-            if self.freeze_observers_after is None:  # calibrated at the deployment size: keep them
+        for flag, value in (("--calibrate-size", self.calibrate_size), ("--ranges", self.ranges)):
+            if value is None:
+                continue
+            if not self.qat:
+                raise QaieError(f"{flag} applies to --qat only")
+            if self.freeze_observers_after is None:  # ranges of the deployment size: keep them
                 object.__setattr__(self, "freeze_observers_after", 0)
         if self.labels_free:
             if not self.qat:
@@ -427,7 +436,9 @@ def initial_net(model_config: ModelConfig, config: TrainConfig, resume: bool = F
 
         # Batch 2: torch.export specializes a dimension whose example is 1, even if marked dynamic.
         qat = prepare_qat(net, torch.rand(2, 3, *config.crop_size))  # size-dynamic graph
-        if config.calibrate_size is not None and not resume:
+        if config.ranges is not None and not resume:
+            _adopt_ptq_ranges(qat, config.ranges, model_config)
+        elif config.calibrate_size is not None and not resume:
             _calibrate_at_size(qat, net, config)
         allow_exported_model_train_eval(qat)  # Lightning calls .train() / .eval()
         return qat
@@ -454,6 +465,18 @@ def _calibrate_at_size(net: nn.Module, fp32: EnhanceNet, config: TrainConfig) ->
         observed, calibration_batches(config.data, images=images, crop=size, seed=config.seed, held_out=True)
     )
     adopt_ranges(net, observed)
+    freeze_observers(net)
+
+
+def _adopt_ptq_ranges(net: nn.Module, path: str, model_config: ModelConfig) -> None:
+    """The ranges of the PTQ checkpoint `path`, frozen (`_calibrate_at_size` without the
+    calibration: `qaie quantize` has just made them)."""
+    from qaie.quant.quantize import adopt_ranges, freeze_observers
+
+    loaded = checkpoint.load_model(path, expect=model_config)
+    if loaded.quant != "ptq":
+        raise QaieError(f"{path}: --ranges needs a PTQ checkpoint (qaie calibrate), not {loaded.quant or 'FP32'}")
+    adopt_ranges(net, loaded.net)
     freeze_observers(net)
 
 
