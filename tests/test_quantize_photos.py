@@ -116,7 +116,12 @@ def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path) ->
     scales and keeps them; another kind of checkpoint is refused."""
     ckpt = quant_models.ckpt
     config = TrainConfig(
-        data=f"photos:{photo_folder}", epochs=1, qat=True, init=str(ckpt["fp32"]), crop=32, ranges=str(ckpt["ptq"])
+        data=f"photos:{photo_folder}",
+        epochs=1,
+        qat=True,
+        init=str(ckpt["fp32"]),
+        crop=32,
+        ranges=str(ckpt["ptq"]),
     )
     assert config.freeze_observers_after == 0
     net = initial_net(ModelConfig(width=4), config)

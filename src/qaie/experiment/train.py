@@ -475,7 +475,9 @@ def _adopt_ptq_ranges(net: nn.Module, path: str, model_config: ModelConfig) -> N
 
     loaded = checkpoint.load_model(path, expect=model_config)
     if loaded.quant != "ptq":
-        raise QaieError(f"{path}: --ranges needs a PTQ checkpoint (qaie calibrate), not {loaded.quant or 'FP32'}")
+        raise QaieError(
+            f"{path}: --ranges needs a PTQ checkpoint (qaie calibrate), not {loaded.quant or 'FP32'}"
+        )
     adopt_ranges(net, loaded.net)
     freeze_observers(net)
 
