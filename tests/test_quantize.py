@@ -151,8 +151,8 @@ def test_ptq_and_qat_share_one_layout(qat_graph: GraphModule) -> None:
 
 def test_ptq_keeps_the_norm_statistics_extremes() -> None:
     """PTQ's observer policy: a norm statistic's range is the min/max over every calibration
-    batch (a photo with a larger variance than the first must not saturate), the rest a moving
-    average at PTQ_AVERAGING."""
+    batch (a photo with a larger variance than the first must not saturate); the rest are
+    moving averages at PTQ_AVERAGING, whose ranges `calibrate` searches (the next test)."""
     from torchao.quantization.pt2e.observer import MinMaxObserver, MovingAverageMinMaxObserver
 
     net = EnhanceNet(ModelConfig(width=4))
@@ -179,8 +179,39 @@ def test_ptq_keeps_the_norm_statistics_extremes() -> None:
         seen, busy_range = getattr(graph, name), getattr(busy_only, name)
         covers = bool(seen.max_val >= busy_range.max_val and seen.min_val <= busy_range.min_val)
         assert covers or not statistic, name  # statistics: the union of both images' ranges
-    averaged = [n for n, k in kinds.items() if not k[0]]
-    assert any(getattr(graph, n).max_val < getattr(busy_only, n).max_val for n in averaged)
+
+
+def test_ptq_searches_each_activations_range_over_all_batches() -> None:
+    """Every ordinary activation's range is what a histogram search (least squared error) picks
+    from all the calibration batches, kept as its observer's min/max: the layout stays."""
+    from torchao.quantization.pt2e.observer import HistogramObserver, MovingAverageMinMaxObserver
+
+    torch.manual_seed(0)
+    graph = quantize.prepare_ptq(EnhanceNet(ModelConfig(width=4)), torch.rand(1, 3, 32, 32))
+    layout = {k: type(m) for k, m in graph.named_children()}
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, module in graph.named_children():
+        if type(module) is MovingAverageMinMaxObserver:
+            module.register_forward_hook(
+                lambda _m, args, _o, name=name: seen.setdefault(name, []).append(args[0])
+            )
+    quantize.calibrate(graph, [torch.rand(2, 3, 32, 32) * k for k in (0.3, 1.0, 0.6)])
+    assert {k: type(m) for k, m in graph.named_children()} == layout
+    searched = clipped = 0
+    for name, inputs in seen.items():
+        histogram = HistogramObserver(dtype=torch.int8, quant_min=-128, quant_max=127)
+        for x in inputs:
+            histogram(x)
+        if not histogram.max_val > histogram.min_val:
+            continue  # a constant tensor keeps its moving average
+        want_scale, want_zero_point = histogram.calculate_qparams()
+        scale, zero_point = getattr(graph, name).calculate_qparams()
+        assert torch.allclose(scale, want_scale, rtol=1e-6, atol=0) and torch.equal(
+            zero_point, want_zero_point
+        ), name
+        searched += 1
+        clipped += bool(255 * scale < 0.99 * (histogram.max_val - histogram.min_val))
+    assert searched > 20 and clipped > 0  # some ranges clip their rare extremes
 
 
 def _quantizer_names(graph: GraphModule) -> list[str]:

@@ -6,8 +6,9 @@ quantized output, so the LiteRT converter lowers the whole graph to int8 kernels
 - conv weights: per-channel symmetric int8 in [-127, 127], scale amax / 127 (what TFLite
   stores); the bias becomes int32 at input scale * weight scale (the converter does it;
   `convert` rounds the reference model's bias to the same grid);
-- activations: per-tensor asymmetric int8, min/max ranges (moving averages, and in PTQ
-  all-image min/max for the norms' statistics: `QuantSpecs.build`), torch's default eps
+- activations: per-tensor asymmetric int8, min/max ranges (QAT: moving averages; PTQ:
+  all-image min/max for the norms' statistics, a histogram search for the rest:
+  `QuantSpecs.build`, `calibrate`), torch's default eps
   (float32 eps as the smallest scale, not 2^-12);
 - network input and output: fixed scale 1/255, zero point -128 (uint8 pixels map exactly);
   the op before the final clamp(0, 1) already writes at that scale, which *is* the clamp;
@@ -50,6 +51,7 @@ from torchao.quantization.pt2e import (
     enable_observer,
 )
 from torchao.quantization.pt2e.observer import (
+    HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
@@ -116,10 +118,11 @@ class QuantSpecs:
     def build(cls, qat: bool) -> QuantSpecs:
         """QAT: moving-average min/max fake-quant everywhere (training moves the ranges).
 
-        PTQ: the policy of the observer study (docs/results.md): the norms' statistics keep
-        their min/max over all calibration images (a moving average lets the last images
-        decide, and a photo whose variance lands above the range saturates its rsqrt); every
-        other activation a moving average with constant 0.1.
+        PTQ: the norms' statistics keep their min/max over all calibration images (the
+        observer study, docs/results.md: a moving average lets the last images decide, and a
+        photo whose variance lands above the range saturates its rsqrt); every other
+        activation a moving average with constant 0.1, whose range `calibrate` then replaces by
+        a histogram search over all images.
         """
         if qat:
             act_obs = stat_obs = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
@@ -403,11 +406,64 @@ def reprepare(prepared: GraphModule, example: Tensor, dynamic: bool = True) -> G
 
 
 def calibrate(prepared: GraphModule, batches: Iterable[Tensor]) -> None:
-    """Run (B, 3, H, W) batches in [0, 1] through `prepared` with observers on, no gradients."""
+    """Run (B, 3, H, W) batches in [0, 1] through `prepared` with observers on, no gradients.
+
+    In a PTQ graph each ordinary activation's range is then the one a histogram of all the
+    batches says quantizes it with the least squared error (`_RangeSearch`); the graph's own
+    observers keep that range as their min/max, so the checkpoint layout does not change. One
+    call sees all the calibration images: ranges of earlier calls are replaced.
+    """
     prepared.apply(enable_observer)
-    with torch.no_grad():
-        for batch in progress(batches, desc="calibrate", unit="batch", leave=False):
-            prepared(batch)
+    searches: dict[int, _RangeSearch] = {}  # a shared observer is one module under several names
+    names = {n.target for n in prepared.graph.nodes if n.op == "call_module"}
+    names = [name for name in names if type(getattr(prepared, name)) is MovingAverageMinMaxObserver]
+    for name in names:  # PTQ's ordinary activations
+        module = getattr(prepared, name)
+        setattr(prepared, name, searches.setdefault(id(module), _RangeSearch(module)))
+    try:
+        with torch.no_grad():
+            for batch in progress(batches, desc="calibrate", unit="batch", leave=False):
+                prepared(batch)
+    finally:
+        for search in searches.values():
+            search.finish()
+        for name in names:
+            setattr(prepared, name, getattr(prepared, name).observer)
+
+
+class _RangeSearch(torch.nn.Module):
+    """Stands in for a PTQ activation observer during `calibrate`: it feeds the observer and a
+    HistogramObserver, whose range minimizes the L2 quantization error over every image seen.
+
+    On the official weights' 1920x1080 frames that is 39.62 dB of fidelity to FP32 against
+    37.70 for the moving average it replaces (docs/results.md): the moving average follows the
+    last frames, so a frame with wider values than those clips, and min/max over all frames
+    gives everything a coarse step.
+    """
+
+    def __init__(self, observer: MovingAverageMinMaxObserver) -> None:
+        super().__init__()
+        self.observer = observer
+        self.histogram = HistogramObserver(
+            dtype=observer.dtype,
+            qscheme=observer.qscheme,
+            quant_min=observer.quant_min,
+            quant_max=observer.quant_max,
+            eps=observer.eps.item(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.histogram(x)
+        return self.observer(x)
+
+    def finish(self) -> None:
+        """The observer takes the searched range as its min/max (keeps its own where the
+        histogram has no spread: a constant tensor, or none seen)."""
+        if bool(self.histogram.max_val > self.histogram.min_val):
+            scale, zero_point = self.histogram.calculate_qparams()
+            # the range whose min/max give back this scale (to its last bit) and zero point
+            self.observer.min_val = ((self.observer.quant_min - zero_point) * scale).reshape(())
+            self.observer.max_val = ((self.observer.quant_max - zero_point) * scale).reshape(())
 
 
 def freeze_observers(prepared: GraphModule) -> None:
