@@ -8,8 +8,8 @@ import`) and photos, but not the labelled pairs it was trained on:
    size, then frozen), trained to reproduce the FP32 network's own output (`qaie train --qat
    --data photos:`, teacher = the FP32 model) on frames of that size from the training photos,
    average-pooled by `shrink` (whole-frame norm statistics at a quarter of the cost; crops
-   show the norms other statistics and made it worse, docs/results.md), the checkpoint chosen
-   by fidelity on the validation photos;
+   show the norms other statistics and made it worse, docs/results.md); its best epoch on the
+   validation photos is used only if it is closer to FP32 there than PTQ;
 3. export of the result to .tflite, .onnx or .pte;
 4. fidelity of the exported *file* to the FP32 network on the held-out test photos at that size,
    for PTQ and QAT alike, and parity of the file with its checkpoint.
@@ -32,6 +32,7 @@ from qaie.experiment.train import TrainConfig, train
 from qaie.imageio import Size
 from qaie.quant.calibrate import calibrate_checkpoint
 from qaie.quant.checkpoint import load_model
+from qaie.quant.predict import Predictor
 from qaie.runtime import registry
 
 LABEL_FREE_LR = 5e-5  # Adam on frames at half size (docs/results.md, "Label-free QAT")
@@ -86,6 +87,7 @@ class QuantizeResult:
     fidelity: FidelityResult
     parity: ParityReport
     ptq_fidelity: FidelityResult | None = None  # with QAT: the PTQ file's, for comparison
+    validation: dict[str, float] = field(default_factory=dict)  # with QAT: "ptq"/"qat" -> val PSNR
     minutes: dict[str, float] = field(default_factory=dict)
 
 
@@ -111,7 +113,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
         )
     minutes["ptq"] = (time.perf_counter() - started) / 60
 
-    chosen, ptq_fidelity = ptq, None
+    chosen, ptq_fidelity, validation = ptq, None, {}
     if config.qat_epochs:
         started = time.perf_counter()
         qat = TrainConfig(
@@ -130,20 +132,24 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
         )
         run = config.work / "qat"
         result = train(loaded.config, qat, run, resume=(run / "last.ckpt").exists())
-        chosen = result.best
+        candidates = {"ptq": ptq, "qat": result.best}
+        validation = {
+            k: fidelity(checkpoint_predictor(c), str(c), config, "val").psnr for k, c in candidates.items()
+        }
+        chosen = candidates[max(validation, key=validation.get)]  # a tie keeps PTQ
         minutes["qat"] = (time.perf_counter() - started) / 60
         ptq_file = (config.work / config.out.name).with_stem("ptq")
         export_file(ptq, ptq_file, config.size)
-        ptq_fidelity = file_fidelity(ptq_file, config)
+        ptq_fidelity = fidelity(tflite_predictor(ptq_file), str(ptq_file), config, "test")
 
     started = time.perf_counter()
     export_file(chosen, config.out, config.size)
     minutes["export"] = (time.perf_counter() - started) / 60
     started = time.perf_counter()
-    fidelity = file_fidelity(config.out, config)
+    measured = fidelity(tflite_predictor(config.out), str(config.out), config, "test")
     parity = run_parity(chosen, config.out, config.data, limit=2)
     minutes["measure"] = (time.perf_counter() - started) / 60
-    return QuantizeResult(config.out, chosen, fidelity, parity, ptq_fidelity, minutes)
+    return QuantizeResult(config.out, chosen, measured, parity, ptq_fidelity, validation, minutes)
 
 
 def export_file(checkpoint: Path, out: Path, size: Size) -> None:
@@ -154,19 +160,19 @@ def export_file(checkpoint: Path, out: Path, size: Size) -> None:
     runtime.export(load_model(checkpoint).net, "int8", out, sizes=sizes, source_checkpoint=str(checkpoint))
 
 
-def file_fidelity(path: Path, config: QuantizeConfig) -> FidelityResult:
-    """PSNR/SSIM of the file's output against the FP32 network's on the test photos at the size."""
-    test = make_dataset(
-        config.data, "test", crop=config.size, seed=VAL_SEED, limit=config.test_limit, held_out=True
-    )
+def fidelity(predict: Predictor, name: str, config: QuantizeConfig, split: str) -> FidelityResult:
+    """PSNR/SSIM of `predict`'s output against the FP32 network's on the photos of `split` at
+    the size (the test split: the reported fidelity; val: the choice between PTQ and QAT)."""
+    limit = config.test_limit if split == "test" else None
+    photos = make_dataset(config.data, split, crop=config.size, seed=VAL_SEED, limit=limit, held_out=True)
     return evaluate_fidelity(
-        tflite_predictor(path),
+        predict,
         checkpoint_predictor(config.checkpoint),
-        test,
-        model=str(path),
+        photos,
+        model=name,
         reference_name=str(config.checkpoint),
         data=config.data,
-        split="test",
+        split=split,
     )
 
 
@@ -184,4 +190,6 @@ def summary(result: QuantizeResult) -> dict:
     }
     if result.ptq_fidelity is not None:
         data["ptq_fidelity_psnr"] = result.ptq_fidelity.psnr
+    if result.validation:
+        data["validation_psnr"] = result.validation
     return data
