@@ -220,14 +220,38 @@ def _quantizer_names(graph: GraphModule) -> list[str]:
 
 def test_zero_variance_gives_finite_outputs_and_gradients() -> None:
     """A flat image makes every norm's variance 0: in QAT its fake-quant must not hand
-    rsqrt a 0 (inf, then NaN gradients)."""
+    rsqrt a 0 (inf, then NaN gradients), while observers learn or with the ranges fixed."""
     torch.manual_seed(0)
     graph = quantize.prepare_qat(EnhanceNet(ModelConfig(width=4)), torch.rand(2, 3, 32, 32))
     graph(torch.rand(2, 3, 32, 32))  # real ranges first
-    y = graph(torch.full((2, 3, 32, 32), 0.5))
+    flat = torch.full((2, 3, 32, 32), 0.5)
+    y = graph(flat)
     y.mean().backward()
     assert torch.isfinite(y).all()
     assert all(torch.isfinite(p.grad).all() for p in graph.parameters() if p.grad is not None)
+    # ranges fixed: rsqrt saturates at the top of its range, as the int8 model does
+    quantize.freeze_observers(graph)
+    graph.zero_grad()
+    y = graph(flat)
+    y.mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in graph.parameters() if p.grad is not None)
+    assert torch.isfinite(y).all()
+
+
+def test_rsqrt_of_a_zero_variance_saturates_as_in_int8() -> None:
+    """With fixed ranges, a var + eps that rounds to 0 gives rsqrt's top code, as TFLite's
+    RSQRT (and the reference model's inf, clamped) do, also where the range reaches above
+    rsqrt(half a step), as ranges from PTQ can."""
+    from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
+
+    kind = {"observer": MovingAverageMinMaxObserver, "quant_min": -128, "quant_max": 127, "dtype": torch.int8}
+    var_eps, rstd = quantize.RsqrtInputFakeQuantize(**kind), FakeQuantize(**kind)
+    var_eps(torch.tensor([0.0, 1.0]))  # step 1/255: 1e-3 rounds to 0
+    rstd(torch.tensor([0.0, 300.0]))  # above rsqrt(half a step) = 22.6
+    for fq in (var_eps, rstd):
+        fq.disable_observer()
+    top = (127 - rstd.zero_point) * rstd.scale
+    assert torch.equal(rstd(torch.rsqrt(var_eps(torch.tensor([1e-3])))), top)
 
 
 def test_prepare_leaves_the_callers_model_alone() -> None:

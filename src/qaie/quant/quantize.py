@@ -21,8 +21,8 @@ quantized output, so the LiteRT converter lowers the whole graph to int8 kernels
 - LeakyReLU shares its input scale (with its own output scale XNNPACK
   rounds about 13% of its outputs differently), and its slope becomes the 8-bit fixed-point
   value XNNPACK multiplies by (0.2 -> 51/256): then both halves are exact;
-- rsqrt(var + eps): in QAT a var + eps that rounds to 0 is fake-quantized to half a step
-  (TFLite's RSQRT answers that input with its largest output, rsqrt(0) = inf would not).
+- rsqrt(var + eps): in QAT a var + eps that rounds to 0 makes rsqrt saturate at the top of
+  its range, as TFLite's RSQRT does (`RsqrtInputFakeQuantize`), without an inf.
 
 PTQ uses observers, QAT plain ``FakeQuantize`` (never the fused variant: it computes weight
 scales as amax/127.5 while the converter uses amax/127). Both graphs have the same observer
@@ -84,22 +84,31 @@ IO_ZERO_POINT = -128
 TANH_SCALE = 1.0 / 128.0
 TANH_ZERO_POINT = 0
 PTQ_AVERAGING = 0.1  # PTQ's moving-average constant (torch's default 0.01 lets the first batch decide)
+# rsqrt of it (1e6) is above any rsqrt range, since var + eps >= eps (1e-5); its gradient stays finite
+SATURATING_INPUT = 1e-12
 _META_KEY = "qaie"  # GraphModule.meta entry holding {"config": ModelConfig, "mode": QuantMode}
 
 
 class RsqrtInputFakeQuantize(FakeQuantize):
-    """Fake-quant for the input of rsqrt (the norm's var + eps): a value that rounds to 0
-    comes out as half a step instead of 0.
+    """Fake-quant for the input of rsqrt (the norm's var + eps), where a value that rounds to 0
+    must not reach rsqrt as 0 (inf, then NaN gradients: 0 * inf).
 
-    The int8 model then gives rsqrt the code of 0 and TFLite's RSQRT answers with its largest
-    output; rsqrt(half a step) lands there too, instead of rsqrt(0) = inf, which would break
-    the next observer and give NaN gradients (0 * inf) in QAT.
+    The int8 model hands rsqrt the code of 0 there, and its output saturates at the top of its
+    range (TFLite's RSQRT answers with its largest output; the reference model's inf clamps).
+    Once the ranges are fixed (observer off), a 0 becomes `SATURATING_INPUT`, whose rsqrt lies
+    above any range rsqrt can have, so the next fake-quant clamps it to the top as deployed
+    (its gradient stops there). While the observers still learn, half a step: a large but
+    bounded rsqrt for the next observer to see. Half a step with fixed ranges was wrong: a
+    range reaching above rsqrt(half a step) kept such channels below the top, and on the
+    official weights' sky-filled validation frames the fake-quant model read 37-42 dB from
+    FP32 where the int8 model gives 31-38 (docs/results.md).
     """
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)
         if self.fake_quant_enabled[0] == 1:
-            out = torch.where(out > 0, out, 0.5 * self.scale)  # (B, C, 1, 1), inputs >= eps > 0
+            zero = 0.5 * self.scale if self.observer_enabled[0] == 1 else SATURATING_INPUT
+            out = torch.where(out > 0, out, zero)  # (B, C, 1, 1), inputs >= eps > 0
         return out
 
 
