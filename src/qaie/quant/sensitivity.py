@@ -40,8 +40,9 @@ def layer_sensitivity(
     """How much PSNR each layer loses when it alone is quantized with PTQ.
 
     One fake-quant graph (`qaie.quant.quantize.prepare_qat`, the same quantizer as PTQ and QAT) is
-    calibrated as PTQ is (observers on, fake quantization off; its moving-average observers see
-    what PTQ's see), then the quantizers are switched on one layer at a time: a layer's
+    calibrated with observers on and fake quantization off (QAT's moving averages: the ranges
+    are close to, not the same as, PTQ's histogram search), then the quantizers are switched on
+    one layer at a time: a layer's
     quantizers are its weights' and those of the activations its ops produce. An activation
     scale shared by several ops (through a concatenation, LeakyReLU, max-pool or resize) is one
     quantizer; it counts for the layer that produces it first. The input's fixed 1/255
