@@ -96,7 +96,8 @@ def test_int8_model(tmp_path, tiny_int8_tflite):
         rows = slice(0 if y == 0 else CROP_EDGE, th - (0 if y + th == h else CROP_EDGE))
         cols = slice(0 if x == 0 else CROP_EDGE, tw - (0 if x + tw == w else CROP_EDGE))
         err = np.abs(out[y : y + th, x : x + tw][rows, cols] - crop[rows, cols]).max()
-        assert err <= 6, (y, x, err)  # measured: 3-4 (blended with the neighbours' rounding)
+        # measured: 5-8 (blended with the neighbours' rounding; 3-4 before PTQ's histogram ranges)
+        assert err <= 12, (y, x, err)
 
 
 def test_folder_and_files_to_folder(tmp_path, tiny_tflite, capsys):
