@@ -424,11 +424,13 @@ def calibrate(prepared: GraphModule, batches: Iterable[Tensor]) -> None:
     """
     prepared.apply(enable_observer)
     searches: dict[int, _RangeSearch] = {}  # a shared observer is one module under several names
-    names = {n.target for n in prepared.graph.nodes if n.op == "call_module"}
-    names = [name for name in names if type(getattr(prepared, name)) is MovingAverageMinMaxObserver]
+    targets = {n.target for n in prepared.graph.nodes if n.op == "call_module"}
+    names = [name for name in targets if type(getattr(prepared, name)) is MovingAverageMinMaxObserver]
     for name in names:  # PTQ's ordinary activations
         module = getattr(prepared, name)
-        setattr(prepared, name, searches.setdefault(id(module), _RangeSearch(module)))
+        if id(module) not in searches:
+            searches[id(module)] = _RangeSearch(module)
+        setattr(prepared, name, searches[id(module)])
     try:
         with torch.no_grad():
             for batch in progress(batches, desc="calibrate", unit="batch", leave=False):
