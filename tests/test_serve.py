@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import skimage.data
 from browser import Browser, chromium
+from cli_process import qaie_process
 from PIL import Image
 
 import qaie
@@ -160,12 +160,7 @@ def test_the_page_loads_nothing_from_the_network() -> None:
 
 def start_cli(*args: str) -> tuple[subprocess.Popen, str]:
     """`qaie serve --port 0` in a fresh process; the URL it prints."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qaie.cli", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = qaie_process("serve", "--port", "0", *args)
     for line in proc.stdout:
         if match := re.search(r"open (http://127\.0\.0\.1:\d+/)", line):
             return proc, match.group(1)

@@ -11,12 +11,12 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_process import qaie_process
 
 from qaie.config import ModelConfig
 from qaie.data.datasets import VAL_SEED, make_dataset
@@ -34,19 +34,6 @@ CONFIG = TrainConfig(
 FLAGS = ["--data", "builtin", "--width", "4", "--batch-size", "4", "--lr", "2e-3", "--crop", "32"]
 FLAGS += ["--repeats", "2", "--val-crop", "32", "--accelerator", "cpu"]
 METRICS = ("epoch", "step", "train_loss", "val_psnr", "val_ssim", "lr")
-
-
-def qaie(*args: str, **kwargs) -> subprocess.Popen:
-    """`qaie ARGS` in a subprocess that takes SIGINT as a terminal's Ctrl-C would (a suite run in
-    the background by a shell inherits SIGINT ignored, and Python keeps it ignored)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "qaie.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        **kwargs,
-    )
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -143,7 +130,7 @@ def test_config_validation_names_the_flag() -> None:
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(reference: TrainResult, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = qaie("train", *FLAGS, "--epochs", "3", "--out", str(run))
+    proc = qaie_process("train", *FLAGS, "--epochs", "3", "--out", str(run))
     wait_for(run / "last.ckpt", proc)  # epoch 1 saved; kill inside epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -157,7 +144,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(reference: TrainResu
 def test_sigint_stops_cleanly_with_last_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
     # Many epochs: a tiny run can finish its last ones before the signal lands (seen on CPU).
-    proc = qaie("train", *FLAGS, "--epochs", "200", "--out", str(run))
+    proc = qaie_process("train", *FLAGS, "--epochs", "200", "--out", str(run))
     wait_for(run / "last.ckpt", proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
@@ -173,7 +160,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     """Lightning's DDP strategy (gloo) from the command line: 2 processes, each half the data."""
     run = tmp_path / "run"
     env = {**os.environ, "MASTER_PORT": str(29500 + os.getpid() % 1000)}
-    proc = qaie(
+    proc = qaie_process(
         "train", *FLAGS, "--epochs", "1", "--out", str(run), "--devices", "2", "--strategy", "ddp", env=env
     )
     out, err = proc.communicate(timeout=300)
