@@ -115,9 +115,10 @@ def test_qat_starts_from_ptq_ranges() -> None:
     assert adopted > 50  # every activation and weight of the network, not a few
 
 
-def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path) -> None:
+def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path, tmp_path: Path) -> None:
     """--ranges PTQ.ckpt (what `qaie quantize` passes): the fake-quant takes that checkpoint's
-    scales and keeps them; another kind of checkpoint is refused."""
+    weights (qaie quantize's are equalized, not --init's) and its scales, and keeps the scales;
+    another kind of checkpoint is refused."""
     ckpt = quant_models.ckpt
     config = TrainConfig(
         data=f"photos:{photo_folder}",
@@ -138,6 +139,14 @@ def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path) ->
         assert torch.equal(fq.scale, scale) and not fq.observer_enabled[0], node
         learned += 1
     assert learned > 50
+    ptq_weights = load_model(ckpt["ptq"]).net.state_dict()
+    init_weights = load_model(ckpt["fp32"]).net.state_dict()
+    changed = dict(ptq_weights) | {"enc2.conv_a.weight": ptq_weights["enc2.conv_a.weight"] * 2}
+    ptq_file = tmp_path / "ptq.ckpt"
+    torch.save(torch.load(ckpt["ptq"], weights_only=True) | {"state_dict": changed}, ptq_file)
+    net = initial_net(ModelConfig(width=4), dataclasses.replace(config, ranges=str(ptq_file)))
+    assert torch.equal(net.state_dict()["enc2.conv_a.weight"], changed["enc2.conv_a.weight"])
+    assert not torch.equal(net.state_dict()["enc2.conv_a.weight"], init_weights["enc2.conv_a.weight"])
     with pytest.raises(QaieError, match="needs a PTQ checkpoint"):
         initial_net(ModelConfig(width=4), dataclasses.replace(config, ranges=str(ckpt["qat"])))
     with pytest.raises(QaieError, match="pass one"):
