@@ -30,7 +30,7 @@ def uneven_net() -> EnhanceNet:
                 block.norm.eps = 1e-12
                 factor = torch.logspace(-1, 1, block.conv_norm.out_channels)
                 block.conv_norm.weight *= factor.view(-1, 1, 1, 1)
-                block.conv_norm.bias *= factor
+                block.conv_norm.bias.copy_(torch.randn(len(factor)) * factor)  # not 0: ranges see it
     return net
 
 
