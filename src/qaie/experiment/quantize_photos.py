@@ -6,8 +6,8 @@ import`) and photos, but not the labelled pairs it was trained on:
 1. PTQ: the FP32 network, its norms' input channels equalized (`qaie.quant.equalize`: the same
    function, int8 statistics that hold on flat photos), calibrated on the training photos at
    the size it will run at;
-2. label-free QAT (`--qat-epochs N`): the fake-quant network of the equalized weights, its
-   ranges PTQ's (set at that size, then frozen), trained to reproduce their FP32 output (`qaie train --qat
+2. label-free QAT (`--qat-epochs N`): the fake-quant network of PTQ's (equalized) weights, its
+   ranges PTQ's (set at that size, then frozen), trained to reproduce the FP32 output (`qaie train --qat
    --data photos:`, teacher = the FP32 model) on frames of that size from the training photos,
    average-pooled by `shrink` (whole-frame norm statistics at a quarter of the cost; crops
    show the norms other statistics and made it worse, docs/results.md); its best epoch on the
@@ -32,9 +32,8 @@ from qaie.experiment.evaluate import FidelityResult, checkpoint_predictor, evalu
 from qaie.experiment.parity import ParityReport, run_parity
 from qaie.experiment.train import TrainConfig, train
 from qaie.imageio import Size
-from qaie.quant.calibrate import calibrate_checkpoint, calibration_batches
-from qaie.quant.checkpoint import load_model, save_model
-from qaie.quant.equalize import equalize_norm_inputs
+from qaie.quant.calibrate import calibrate_checkpoint
+from qaie.quant.checkpoint import load_model
 from qaie.quant.predict import Predictor
 from qaie.runtime import registry
 
@@ -50,7 +49,7 @@ class QuantizeConfig:
         photos: folder of unlabelled photos.
         size: (H, W) the model runs at (the exported size; calibration and fidelity frames).
         out: .tflite, .onnx or .pte to write.
-        work: folder for the equalized FP32 and PTQ checkpoints and the QAT run (resumable).
+        work: folder for the PTQ checkpoint and the QAT run (resumable).
         qat_epochs: label-free QAT epochs after PTQ (one frame per training photo each); 0
             exports the PTQ model.
         shrink: QAT frames average-pooled by this factor.
@@ -109,12 +108,12 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     minutes: dict[str, float] = {}
 
     started = time.perf_counter()
-    fp32, ptq = config.work / "fp32-equalized.ckpt", config.work / "ptq.ckpt"
-    if not (fp32.exists() and ptq.exists()):
-        batches = calibration_batches(config.data, images=photos["train"], crop=config.size, held_out=True)
-        equalized = equalize_norm_inputs(loaded.net, batches)
-        save_model(fp32, equalized, loaded.config, train_config=loaded.train_config)
-        calibrate_checkpoint(fp32, config.data, ptq, images=photos["train"], crop=config.size, held_out=True)
+    ptq = config.work / "ptq.ckpt"
+    if not ptq.exists():
+        calibrate_checkpoint(
+            config.checkpoint, config.data, ptq, images=photos["train"], crop=config.size, held_out=True,
+            equalize=True,
+        )  # fmt: skip
     minutes["ptq"] = (time.perf_counter() - started) / 60
 
     chosen, ptq_fidelity, validation = ptq, None, {}
@@ -131,7 +130,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
             loss=config.loss,
             val_crop=config.size,
             qat=True,
-            init=str(fp32),
+            init=str(config.checkpoint),  # the teacher; weights and ranges are PTQ's
             ranges=str(ptq),
         )
         run = config.work / "qat"

@@ -17,6 +17,7 @@ from qaie.data.datasets import make_dataset
 from qaie.errors import QaieError
 from qaie.nn.model import EnhanceNet
 from qaie.quant.checkpoint import EXAMPLE_SIZE, load_model, save_model
+from qaie.quant.equalize import equalize_norm_inputs
 from qaie.quant.quantize import calibrate, prepare_ptq
 
 BATCH_PIXELS = 16 * 128 * 128  # calibration batches hold at most 16 crops of 128x128
@@ -66,14 +67,18 @@ def calibrate_checkpoint(
     crop: int | tuple[int, int] = 100,
     seed: int = 0,
     held_out: bool = False,
+    equalize: bool = False,
 ) -> GraphModule:
     """PTQ as a checkpoint: the FP32 checkpoint `source` prepared, calibrated on `images`
     training crops of `data`, saved to `out` (reloads like a QAT checkpoint; `qaie export`
-    and `qaie parity` take it). No training."""
+    and `qaie parity` take it). No training. `equalize`: the norms' input channels first
+    brought to one range on the same crops (`qaie.quant.equalize`; the saved weights are those)."""
     loaded = load_model(source)
     if loaded.quant is not None:
         raise QaieError(f"{source}: already quantized ({loaded.quant}); PTQ starts from an FP32 checkpoint")
-    prepared = prepare_ptq(loaded.net, torch.rand(2, 3, *EXAMPLE_SIZE))  # dynamic H, W
-    calibrate(prepared, calibration_batches(data, images=images, crop=crop, seed=seed, held_out=held_out))
+    batches = calibration_batches(data, images=images, crop=crop, seed=seed, held_out=held_out)
+    net = equalize_norm_inputs(loaded.net, batches) if equalize else loaded.net
+    prepared = prepare_ptq(net, torch.rand(2, 3, *EXAMPLE_SIZE))  # dynamic H, W
+    calibrate(prepared, batches)
     save_model(out, prepared, loaded.config, "ptq", train_config=loaded.train_config)
     return prepared
