@@ -26,6 +26,7 @@ from qaie.runtime.wholephoto import (
     ALIGN,
     HALO,
     Histogram,
+    MapPool,
     enhance_whole,
     grid_starts,
     norm_statistics,
@@ -177,6 +178,28 @@ def test_int8_file_is_integer_only_and_whole_photo(quant_models, whole_photo_mod
     assert model.stages.meta["halo"] == 24 and (len(plan.rows), len(plan.cols)) == (7, 10)
     assert calls[-1][0] == calls[-1][1] == 6 * len(plan.rows) * len(plan.cols)
     assert psnr(out, whole) >= 40  # measured: 50.4 dB (LiteRT's int8 kernels vs torch)
+
+
+def test_a_pool_lends_one_photos_maps_to_the_next_of_its_size(whole_photo_models):
+    """The maps' arrays serve the next photo of the same size (no fresh memory to page in)
+    and leave nothing of the last photo in its output; another size gets arrays of its own."""
+    model = TFLiteModel(whole_photo_models["qat"], num_threads=2)
+    pool = MapPool()
+
+    def held() -> list[np.ndarray]:
+        return [a for arrays in pool.free.values() for a in arrays]
+
+    def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+        return {id(x) for x in a} == {id(x) for x in b}  # both alive: ids are identities
+
+    first, second = gradient_photo(600, 808), gradient_photo(600, 808, seed=1)[::-1]
+    assert np.array_equal(enhance_image(model, first, pool=pool), enhance_image(model, first))
+    kept = held()
+    assert kept
+    assert np.array_equal(enhance_image(model, second, pool=pool), enhance_image(model, second))
+    assert same(held(), kept)
+    enhance_image(model, gradient_photo(336, 520), pool=pool)
+    assert held() and not {id(x) for x in held()} & {id(x) for x in kept}
 
 
 def test_fp32_file_is_whole_photo(quant_models, whole_photo_models):

@@ -24,7 +24,7 @@ from qaie.errors import QaieError
 from qaie.imageio import MIN_IMAGE_SIDE, Size
 from qaie.nativelog import quiet_native_stderr
 from qaie.runtime.codec import Codec
-from qaie.runtime.wholephoto import ALIGN, StageRunner, enhance_whole, grid_starts
+from qaie.runtime.wholephoto import ALIGN, MapPool, StageRunner, enhance_whole, grid_starts
 
 DEFAULT_OVERLAP = 32
 
@@ -373,6 +373,7 @@ def enhance_image(
     tile: Size | None = None,
     overlap: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pool: MapPool | None = None,
 ) -> np.ndarray:
     """Enhance an RGB photo of any size: uint8 (H, W, 3) -> uint8 (H, W, 3).
 
@@ -383,7 +384,8 @@ def enhance_image(
     plan_tiles); each tile's output is weighted by a separable raised-cosine window and
     accumulated, so seams fade across the whole overlap. Memory: one float32 accumulator the
     size of the image, tile-sized temporaries, never whole-image activations.
-    `progress(done, total)` is called after each tile.
+    `progress(done, total)` is called after each tile. `pool`: the whole-photo path's maps
+    kept between photos of one size (`wholephoto.MapPool`), for a caller with several photos.
     """
     h, w = check_pixels(pixels)
     stages = getattr(model, "stages", None)
@@ -396,7 +398,7 @@ def enhance_image(
             progress(1, 1)
         return out
     if stages is not None:
-        return enhance_whole(stages, pixels, window=tile, progress=progress)
+        return enhance_whole(stages, pixels, window=tile, progress=progress, pool=pool)
     tile = tile or choose_tile(model.sizes, (h, w))
     check_tile(model, tile)
     plan = plan_tiles((h, w), tile, overlap)

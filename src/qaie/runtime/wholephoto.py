@@ -296,12 +296,34 @@ def plan_windows(runner: StageRunner, photo: Size, window: Size | None = None) -
 # --- the stages over the windows --------------------------------------------------------------------
 
 
+class MapPool:
+    """The maps' arrays of one photo, kept for the next photo of the same padded size.
+
+    A fresh photo-sized map is new memory that the kernel pages in at its first write: 0.1 to 2
+    s for the 0.7 GB of maps of a 12 MP photo on the 2-core VM of docs/performance.md, 5-30% of
+    the photo's time, and most of its variance. A process that enhances several photos (a
+    folder, `bench --whole`) keeps the arrays instead, at the price of holding between photos
+    every map one photo allocated. Within a photo it holds what a photo without a pool has
+    alive at its peak, when every map shape exists at once (the shipped model at 12 MP: 636 MB
+    both ways); it can hold more for a network whose maps do not overlap so."""
+
+    def __init__(self) -> None:
+        self.padded: Size | None = None
+        self.free: dict[tuple, list[np.ndarray]] = {}
+
+    def start(self, padded: Size) -> None:
+        """Serve a photo of padded size `padded`: another size's arrays are dropped first."""
+        if padded != self.padded:
+            self.free.clear()
+            self.padded = padded
+
+
 class _Maps:
     """What crosses the stages of one photo: the maps (whole photo, padded), the histograms of
     the quantized norms' inputs and the output photo, filled window by window by `store`."""
 
-    def __init__(self, runner: StageRunner, photo: Size, padded: Size) -> None:
-        self.runner, self.photo, self.padded = runner, photo, padded
+    def __init__(self, runner: StageRunner, photo: Size, padded: Size, pool: MapPool | None) -> None:
+        self.runner, self.photo, self.padded, self.pool = runner, photo, padded, pool
         meta = runner.meta
         self.scales = {name: m["scale"] for name, m in meta["maps"].items()} | {IMAGE: 1, OUTPUT: 1}
         self.last_use = {name: k for k, stage in enumerate(meta["stages"]) for name in stage["inputs"]}
@@ -309,7 +331,8 @@ class _Maps:
         self.counted = {n["input"]: n for n in meta["norms"] if n["chain"] is not None}
         self.histograms: dict[str, Histogram] = {}
         self.maps: dict[str, np.ndarray] = {}
-        self.spare: dict[tuple, list[np.ndarray]] = {}  # maps no longer read, for a later map of their shape
+        # maps no longer read, for a later map of their shape (of this photo or, pooled, the next)
+        self.spare: dict[tuple, list[np.ndarray]] = pool.free if pool is not None else {}
         self.output_table = runner.quant(OUTPUT).pixel_table()
         self.result = np.empty((*padded, 3), np.uint8)
 
@@ -378,11 +401,11 @@ class _Maps:
 
     def release(self, stage: int) -> None:
         """Drop the maps that no stage after `stage` reads; one of the shape of a later map lends
-        it its memory (already paged in)."""
+        it its memory (already paged in), and with a pool every one is kept."""
         maps = self.runner.meta["maps"]
         for name in [n for n in self.maps if self.last_use.get(n, -1) <= stage]:
             done = self.maps.pop(name)
-            if any(
+            if self.pool is not None or any(
                 m["stage"] > stage
                 and (m["scale"], m["channels"]) == (maps[name]["scale"], maps[name]["channels"])
                 for m in maps.values()
@@ -396,6 +419,7 @@ def enhance_whole(
     *,
     window: Size | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pool: MapPool | None = None,
 ) -> np.ndarray:
     """Enhance an RGB photo: uint8 (H, W, 3) -> uint8 (H, W, 3), the whole-photo output.
 
@@ -403,6 +427,7 @@ def enhance_whole(
     smaller); statistics are taken over the photo's own pixels only, of quantized maps as each
     window's share is stored. `window`: the stage size to use (default: the one that computes
     the fewest pixels). `progress(done, total)` after each window run.
+    `pool`: the maps' arrays are taken from it and left in it for the next photo.
 
     A window's owned outputs are copied into the maps straight from the runtime's memory
     (one copy), then counted into the histograms by a second thread from the maps while the
@@ -414,7 +439,9 @@ def enhance_whole(
     if (ph, pw) != (h, w):
         pixels = np.pad(pixels, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
     stages = runner.meta["stages"]
-    maps = _Maps(runner, (h, w), (ph, pw))
+    if pool is not None:
+        pool.start((ph, pw))
+    maps = _Maps(runner, (h, w), (ph, pw), pool)
     image_table = runner.quant(IMAGE).image_table()  # pixel -> input value, window by window
     total, done = len(stages) * len(rows) * len(cols), 0
     with ThreadPoolExecutor(max_workers=1) as counter:
