@@ -19,8 +19,8 @@ signatures (what `qaie enhance` runs on a photo of that size: `enhance_image`, s
 in windows) against one pass of its largest exported signature, warm and alternately in this
 process, both in seconds per megapixel: their ratio is what the whole-photo path costs per
 pixel over one pass (window overlap, padding, the stage boundaries and the statistics). Warm
-means the maps' memory too: it is kept between photos (`wholephoto.MapPool`), as `qaie enhance`
-keeps it over a folder of photos, not paged in anew for each.
+means the maps' memory too: it is kept between photos (`wholephoto.MapPool`) as the one pass's
+tensors are, not paged in anew for each photo as in a one-photo `qaie enhance`.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def measure_whole(path: Path, size: Size, threads: int, runs: int, warmup: int) 
     assert mode == "stages", mode
     one = max(model.sizes, key=lambda s: s[0] * s[1])  # the first of equal areas
     frames = [synthetic_photo(size), synthetic_photo(one)]
-    pool = MapPool()  # warm: the maps' memory stays paged in between photos, as in a folder run
+    pool = MapPool()  # warm: the maps' memory stays paged in between photos, as the one pass's does
     jobs = [lambda: enhance_image(model, frames[0], pool=pool), lambda: model.run(frames[1])]
     times: list[list[float]] = [[], []]
     for i in range(warmup + runs):

@@ -17,7 +17,6 @@ from qaie.atomic import check_writable
 from qaie.errors import QaieError
 from qaie.imageio import IMAGE_EXTENSIONS, Size, list_images, read_rgb, write_image
 from qaie.runtime.litert import TileModel, check_tile, enhance_image
-from qaie.runtime.wholephoto import MapPool
 
 
 @dataclass(frozen=True)
@@ -140,14 +139,11 @@ def enhance_files(
         raise QaieError(f"quality must be in 1..100, got {quality}")
     if tile is not None:
         check_tile(model, tile)
-    pool = MapPool() if len(jobs) > 1 else None  # photos of one size reuse the maps' memory
     for job in jobs:
         try:
             image = read_rgb(job.src)
             try:
-                pixels = enhance_image(
-                    model, image.pixels, tile=tile, overlap=overlap, progress=progress, pool=pool
-                )
+                pixels = enhance_image(model, image.pixels, tile=tile, overlap=overlap, progress=progress)
             except QaieError as err:
                 raise QaieError(f"{job.src}: {err}") from None
             job.dst.parent.mkdir(exist_ok=True)  # plan_jobs checked that its parent exists
