@@ -189,17 +189,17 @@ def test_a_pool_lends_one_photos_maps_to_the_next_of_its_size(whole_photo_models
     def held() -> list[np.ndarray]:
         return [a for arrays in pool.free.values() for a in arrays]
 
-    def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-        return {id(x) for x in a} == {id(x) for x in b}  # both alive: ids are identities
+    def ids(arrays: list[np.ndarray]) -> set[int]:
+        return {id(a) for a in arrays}  # identities while `kept` holds its arrays alive
 
     first, second = gradient_photo(600, 808), gradient_photo(600, 808, seed=1)[::-1]
     assert np.array_equal(enhance_image(model, first, pool=pool), enhance_image(model, first))
     kept = held()
     assert kept
     assert np.array_equal(enhance_image(model, second, pool=pool), enhance_image(model, second))
-    assert same(held(), kept)
+    assert ids(held()) == ids(kept)
     enhance_image(model, gradient_photo(336, 520), pool=pool)
-    assert held() and not {id(x) for x in held()} & {id(x) for x in kept}
+    assert held() and not ids(held()) & ids(kept)
 
 
 def test_fp32_file_is_whole_photo(quant_models, whole_photo_models):

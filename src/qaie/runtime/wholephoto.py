@@ -299,9 +299,9 @@ def plan_windows(runner: StageRunner, photo: Size, window: Size | None = None) -
 class MapPool:
     """The maps' arrays of one photo, kept for the next photo of the same padded size.
 
-    A fresh photo-sized map is new memory that the kernel pages in at its first write: 0.1 to 2
-    s for the 0.7 GB of maps of a 12 MP photo on the 2-core VM of docs/performance.md, 5-30% of
-    the photo's time, and most of its variance. A caller that enhances photos one after
+    A fresh photo-sized map is new memory that the kernel pages in at its first write: on the
+    2-core VM of docs/performance.md, 0.4-1.1 s of a 12 MP photo's 3.6-4.5 s (636 MB of maps),
+    and most of its variance. A caller that enhances photos one after
     another in one process (`bench --whole`, a server) can keep the arrays instead, at the price
     of holding them between photos: every map one photo allocated, which within a photo is what
     a photo without a pool has alive at its peak (the shipped model at 12 MP: 636 MB both ways).
