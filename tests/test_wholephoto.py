@@ -3,10 +3,8 @@ by stage over windows (qaie.runtime.wholephoto), must give the network's whole-i
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -202,23 +200,6 @@ def test_a_pool_lends_one_photos_maps_to_the_next_of_its_size(whole_photo_models
     assert ids(held()) == ids(kept)
     enhance_image(model, gradient_photo(336, 520), pool=pool)
     assert held() and not ids(held()) & ids(kept)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="priorities of single threads are Linux's")
-def test_counting_yields_to_the_runtime(whole_photo_models, monkeypatch):
-    """The histograms are counted by a thread at the lowest priority, and the caller's stays."""
-    seen = []
-    add = Histogram.add
-
-    def spy(self, codes):
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        add(self, codes)
-
-    monkeypatch.setattr(Histogram, "add", spy)
-    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    enhance_image(TFLiteModel(whole_photo_models["qat"], num_threads=2), gradient_photo(336, 520))
-    assert seen and set(seen) == {19}
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
 
 
 def test_fp32_file_is_whole_photo(quant_models, whole_photo_models):

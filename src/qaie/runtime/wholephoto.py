@@ -24,12 +24,8 @@ checkpoints in PyTorch as qaie.quant.reference.TorchStageRunner (used by qaie.qu
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-import os
-import sys
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -418,17 +414,6 @@ class _Maps:
                 self.spare.setdefault((done.shape, done.dtype), []).append(done)
 
 
-def _counter_yields() -> None:
-    """The counting thread's initializer: the lowest priority, so that it counts when the
-    runtime's threads leave a core free (between calls) instead of preempting one of them in a
-    call, where XNNPACK's threads wait for each other (2.4-2.5% of a 12 MP photo's time, in
-    docs/performance.md). Linux only: there a thread id names that thread alone, where other
-    systems would lower the whole process."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
 def enhance_whole(
     runner: StageRunner,
     pixels: np.ndarray,
@@ -447,8 +432,7 @@ def enhance_whole(
 
     A window's owned outputs are copied into the maps straight from the runtime's memory
     (one copy), then counted into the histograms by a second thread from the maps while the
-    next window runs (the runtimes release the GIL while they compute, Pillow while it counts),
-    at the lowest priority.
+    next window runs (the runtimes release the GIL while they compute, Pillow while it counts).
     """
     h, w = pixels.shape[:2]
     plan = plan_windows(runner, (h, w), window)
@@ -461,7 +445,7 @@ def enhance_whole(
     maps = _Maps(runner, (h, w), (ph, pw), pool)
     image_table = runner.quant(IMAGE).image_table()  # pixel -> input value, window by window
     total, done = len(stages) * len(rows) * len(cols), 0
-    with ThreadPoolExecutor(max_workers=1, initializer=_counter_yields) as counter:
+    with ThreadPoolExecutor(max_workers=1) as counter:
         for k, stage in enumerate(stages):
             stats = maps.statistics(k) if k > 0 else {}
             counted: list[Future] = []
