@@ -8,7 +8,7 @@ import torch
 
 from qaie.config import ModelConfig
 from qaie.nn.model import EnhanceNet, RefinementBlock
-from qaie.quant.equalize import equalize_norm_inputs
+from qaie.quant.equalize import channel_peaks, equalize_norm_inputs
 
 
 def photos() -> list[torch.Tensor]:
@@ -35,22 +35,9 @@ def uneven_net() -> EnhanceNet:
 
 
 def norm_input_peaks(net: EnhanceNet, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    peaks: dict = {}
-    hooks = [
-        m.conv_norm.register_forward_hook(
-            lambda mod, _i, out: peaks.__setitem__(
-                mod, torch.maximum(peaks.get(mod, out.new_zeros(out.shape[1])), out.abs().amax(dim=(0, 2, 3)))
-            )
-        )
-        for m in net.modules()
-        if isinstance(m, RefinementBlock)
-    ]
-    with torch.no_grad():
-        for batch in batches:
-            net(batch)
-    for hook in hooks:
-        hook.remove()
-    return list(peaks.values())
+    convs = [m.conv_norm for m in net.modules() if isinstance(m, RefinementBlock)]
+    peaks = channel_peaks(net, batches, convs)
+    return [peaks[conv] for conv in convs]
 
 
 def test_equalized_network_computes_the_same_with_every_norm_input_channel_at_the_top() -> None:

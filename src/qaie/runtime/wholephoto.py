@@ -312,11 +312,13 @@ class MapPool:
         self.padded: Size | None = None
         self.free: dict[tuple, list[np.ndarray]] = {}
 
-    def start(self, padded: Size) -> None:
-        """Serve a photo of padded size `padded`: another size's arrays are dropped first."""
+    def spare(self, padded: Size) -> dict[tuple, list[np.ndarray]]:
+        """The arrays kept for a photo of padded size `padded`, by (shape, dtype); another
+        size's are dropped first."""
         if padded != self.padded:
             self.free.clear()
             self.padded = padded
+        return self.free
 
 
 class _Maps:
@@ -324,7 +326,7 @@ class _Maps:
     the quantized norms' inputs and the output photo, filled window by window by `store`."""
 
     def __init__(self, runner: StageRunner, photo: Size, padded: Size, pool: MapPool | None) -> None:
-        self.runner, self.photo, self.padded, self.pool = runner, photo, padded, pool
+        self.runner, self.photo, self.padded = runner, photo, padded
         meta = runner.meta
         self.scales = {name: m["scale"] for name, m in meta["maps"].items()} | {IMAGE: 1, OUTPUT: 1}
         self.last_use = {name: k for k, stage in enumerate(meta["stages"]) for name in stage["inputs"]}
@@ -333,7 +335,8 @@ class _Maps:
         self.histograms: dict[str, Histogram] = {}
         self.maps: dict[str, np.ndarray] = {}
         # maps no longer read, for a later map of their shape (of this photo or, pooled, the next)
-        self.spare: dict[tuple, list[np.ndarray]] = pool.free if pool is not None else {}
+        self.spare: dict[tuple, list[np.ndarray]] = pool.spare(padded) if pool is not None else {}
+        self.keep_all = pool is not None
         self.output_table = runner.quant(OUTPUT).pixel_table()
         self.result = np.empty((*padded, 3), np.uint8)
 
@@ -406,7 +409,7 @@ class _Maps:
         maps = self.runner.meta["maps"]
         for name in [n for n in self.maps if self.last_use.get(n, -1) <= stage]:
             done = self.maps.pop(name)
-            if self.pool is not None or any(
+            if self.keep_all or any(
                 m["stage"] > stage
                 and (m["scale"], m["channels"]) == (maps[name]["scale"], maps[name]["channels"])
                 for m in maps.values()
@@ -440,8 +443,6 @@ def enhance_whole(
     if (ph, pw) != (h, w):
         pixels = np.pad(pixels, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
     stages = runner.meta["stages"]
-    if pool is not None:
-        pool.start((ph, pw))
     maps = _Maps(runner, (h, w), (ph, pw), pool)
     image_table = runner.quant(IMAGE).image_table()  # pixel -> input value, window by window
     total, done = len(stages) * len(rows) * len(cols), 0
