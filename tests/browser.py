@@ -86,7 +86,9 @@ class Browser:
 
     def __init__(self, timeout: float = 60.0) -> None:
         self.timeout = timeout
-        self._profile = tempfile.TemporaryDirectory()
+        # Chromium's helper processes can still write here after the browser exits (a full
+        # suite once failed its teardown on ENOTEMPTY): a leftover profile is harmless
+        self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         to_browser, self._send_fd = os.pipe()
         self._recv_fd, from_browser = os.pipe()
 
