@@ -20,6 +20,7 @@ from qaie.quant.checkpoint import load_model
 from qaie.quant.predict import open_model
 from qaie.quant.reference import TorchStageRunner, reference_model
 from qaie.quant.tflite_ops import inspect_tflite
+from qaie.runtime import wholephoto
 from qaie.runtime.codec import Codec
 from qaie.runtime.litert import TFLiteModel, enhance_image
 from qaie.runtime.wholephoto import (
@@ -200,6 +201,24 @@ def test_a_pool_lends_one_photos_maps_to_the_next_of_its_size(whole_photo_models
     assert ids(held()) == ids(kept)
     enhance_image(model, gradient_photo(336, 520), pool=pool)
     assert held() and not ids(held()) & ids(kept)
+
+
+def test_a_photo_with_large_maps_frees_the_stages_tensors_after_it(whole_photo_models, monkeypatch):
+    """LiteRT keeps a signature's tensors from its first call on. After a photo whose maps took
+    more than RELEASE_AFTER_MAPS, and that has no pool, the stages move to a fresh interpreter
+    with nothing allocated; a smaller photo, or one with a pool, leaves them allocated for the
+    next. The output is the same every way."""
+    model = TFLiteModel(whole_photo_models["qat"], num_threads=2)
+    stages, photo = model.stages, gradient_photo(600, 808)
+    first = stages._interpreter
+    out = enhance_image(model, photo)
+    assert stages._interpreter is first and stages._ready
+    monkeypatch.setattr(wholephoto, "RELEASE_AFTER_MAPS", 0)
+    assert np.array_equal(enhance_image(model, photo, pool=MapPool()), out)
+    assert stages._interpreter is first
+    assert np.array_equal(enhance_image(model, photo), out)
+    assert stages._interpreter is not first and not stages._ready
+    assert np.array_equal(enhance_image(model, photo), out)  # the fresh interpreter computes it
 
 
 def test_fp32_file_is_whole_photo(quant_models, whole_photo_models):

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -160,18 +160,10 @@ class TFLiteStages:
     """The stage signatures of an exported file (``stage{k}_{H}x{W}``, see qaie.quant.split), as a
     `wholephoto.StageRunner`: whole-photo enhancement in windows of each exported size."""
 
-    def __init__(self, interpreter, meta: dict) -> None:
+    def __init__(self, open_interpreter: Callable[[], Any], meta: dict) -> None:
         self.meta = meta
-        # (a runner allocates its subgraph's tensors at its first call: only the window
-        # sizes a photo uses take memory)
-        self._runners: dict[tuple[int, Size], object] = {}
-        self._ready: set[tuple[int, Size]] = set()  # runners called once: tensors allocated
-        self._interpreter = interpreter
-        for key in interpreter.get_signature_list():
-            match = STAGE_SIGNATURE.fullmatch(key)
-            if match:
-                k, h, w = map(int, match.groups())
-                self._runners[k, (h, w)] = interpreter.get_signature_runner(key)
+        self._open = open_interpreter
+        self._load()
         n = len(meta["stages"])
         self.window_sizes = tuple(
             sorted({size for _, size in self._runners if all((k, size) in self._runners for k in range(n))})
@@ -184,6 +176,25 @@ class TFLiteStages:
                     if codec is None:
                         raise QaieError(f"stage tensor {name}: integers without a scale")
                     self._quant[name] = codec
+
+    def _load(self) -> None:
+        # The stages have an interpreter of their own, so that `release` can drop it whole.
+        self._interpreter = self._open()
+        # (a runner allocates its subgraph's tensors at its first call: only the window
+        # sizes a photo uses take memory)
+        self._runners: dict[tuple[int, Size], Any] = {}
+        self._ready: set[tuple[int, Size]] = set()  # runners called once: tensors allocated
+        for key in self._interpreter.get_signature_list():
+            match = STAGE_SIGNATURE.fullmatch(key)
+            if match:
+                k, h, w = map(int, match.groups())
+                self._runners[k, (h, w)] = self._interpreter.get_signature_runner(key)
+
+    def release(self) -> None:
+        """Free the tensors the stages allocated, by opening the file anew (about 60 ms): LiteRT's
+        Python API cannot free a signature's tensors (see wholephoto.RELEASE_AFTER_MAPS)."""
+        if self._ready:
+            self._load()
 
     def quant(self, name: str) -> Codec:
         return self._quant[name]
@@ -214,14 +225,8 @@ class TFLiteModel:
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
         self.path, self.num_threads = model_file(path, num_threads)
-        try:
-            self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
-        except (ValueError, RuntimeError) as err:
-            reason = str(err).split(".")[0]
-            raise QaieError(f"{self.path}: not a TFLite model ({reason}); pass an exported .tflite") from None
+        self._interpreter = self._open()
         self._runners = {}
         signatures = {}
         for key in self._interpreter.get_signature_list():
@@ -238,8 +243,17 @@ class TFLiteModel:
             )
         self.signatures: dict[Size, Signature] = dict(sorted(signatures.items(), key=lambda kv: kv[0]))
         meta = read_sidecar(self.path).get("stages")
-        stages = TFLiteStages(self._interpreter, meta) if meta else None
+        stages = TFLiteStages(self._open, meta) if meta else None
         self.stages: TFLiteStages | None = stages if stages and stages.window_sizes else None
+
+    def _open(self):
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            return Interpreter(model_path=str(self.path), num_threads=self.num_threads)
+        except (ValueError, RuntimeError) as err:
+            reason = str(err).split(".")[0]
+            raise QaieError(f"{self.path}: not a TFLite model ({reason}); pass an exported .tflite") from None
 
     @property
     def sizes(self) -> tuple[Size, ...]:

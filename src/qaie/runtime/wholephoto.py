@@ -45,6 +45,12 @@ ALIGN = 8
 # does not record their own `halo` (`qaie.quant.split.halo`: 24 for the full network, 32 for
 # every ModelConfig): exports made before it was recorded.
 HALO = 32
+# Without a MapPool, a photo whose maps took more bytes than this has the runtime free its
+# tensors after it. Kept, every stage's tensors are resident at once while the next photo's
+# maps peak: a folder of 12 MP photos (636 MB of maps with the shipped model) peaks at 1.50 GB
+# instead of 1.27, for 2-4% of its time; a 2 MP photo (106 MB) that freed them was 12-33% slower,
+# since the next one pages its tensors in anew (docs/performance.md).
+RELEASE_AFTER_MAPS = 256 * 2**20
 IMAGE = "image"
 OUTPUT = "enhanced"
 
@@ -337,6 +343,7 @@ class _Maps:
         # maps no longer read, for a later map of their shape (of this photo or, pooled, the next)
         self.spare: dict[tuple, list[np.ndarray]] = pool.spare(padded) if pool is not None else {}
         self.keep_all = pool is not None
+        self.allocated = 0  # bytes of new maps this photo took
         self.output_table = runner.quant(OUTPUT).pixel_table()
         self.result = np.empty((*padded, 3), np.uint8)
 
@@ -386,7 +393,11 @@ class _Maps:
             if name not in self.maps:
                 shape = (self.padded[0] // s, self.padded[1] // s, out.shape[-1])
                 free = self.spare.get((shape, out.dtype))
-                self.maps[name] = free.pop() if free else np.empty(shape, out.dtype)
+                if free:
+                    self.maps[name] = free.pop()
+                else:
+                    self.maps[name] = np.empty(shape, out.dtype)
+                    self.allocated += self.maps[name].nbytes
             self.maps[name][y0:y1, x0:x1] = owned
             if name in self.counted:
                 photo = (-(-self.photo[0] // s), -(-self.photo[1] // s))
@@ -431,7 +442,9 @@ def enhance_whole(
     smaller); statistics are taken over the photo's own pixels only, of quantized maps as each
     window's share is stored. `window`: the stage size to use (default: the one that computes
     the fewest pixels). `progress(done, total)` after each window run.
-    `pool`: the maps' arrays are taken from it and left in it for the next photo.
+    `pool`: the maps' arrays are taken from it and left in it for the next photo, and the
+    runtime keeps its tensors; without one, a photo whose maps took more than
+    RELEASE_AFTER_MAPS bytes calls the runner's `release` (when it has one, as LiteRT's).
 
     A window's owned outputs are copied into the maps straight from the runtime's memory
     (one copy), then counted into the histograms by a second thread from the maps while the
@@ -468,4 +481,7 @@ def enhance_whole(
             for future in counted:
                 future.result()  # every part counted (or raise here)
             maps.release(k)
+    release = getattr(runner, "release", None)  # a runtime that holds memory between photos
+    if pool is None and release is not None and maps.allocated > RELEASE_AFTER_MAPS:
+        release()
     return maps.result[:h, :w]
