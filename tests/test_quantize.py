@@ -300,3 +300,24 @@ def test_calibrate_command_writes_a_ptq_checkpoint(tiny_checkpoint, tmp_path, ca
     assert main([*args, "--out", str(out)]) == 2  # exists
     assert main(["calibrate", str(out), "--data", "builtin", "--out", str(tmp_path / "again.ckpt")]) == 2
     assert "already quantized (ptq)" in capsys.readouterr().err
+
+
+def test_calibrate_equalize_rescales_the_norm_inputs(tiny_checkpoint, tmp_path) -> None:
+    """`--equalize` reaches qaie.quant.equalize (whose function is tested in test_equalize):
+    each norm's input conv has its output channels multiplied by factors >= 1, the channel with
+    the largest values by 1."""
+    from qaie.cli import main
+    from qaie.quant.checkpoint import load_model
+
+    args = ["calibrate", str(tiny_checkpoint), "--data", "builtin", "--images", "4", "--crop", "32"]
+    plain, equalized = tmp_path / "plain.ckpt", tmp_path / "eq.ckpt"
+    assert main([*args, "--out", str(plain)]) == 0
+    assert main([*args, "--equalize", "--out", str(equalized)]) == 0
+    weights = [
+        {k: v for k, v in load_model(p).net.state_dict().items() if "conv_norm" in k and k.endswith("weight")}
+        for p in (plain, equalized)
+    ]
+    assert len(weights[0]) == 5  # the five refinement blocks' norms
+    for name, w in weights[0].items():
+        factor = (weights[1][name].flatten(1).norm(dim=1) / w.flatten(1).norm(dim=1)).double()
+        assert factor.min() == pytest.approx(1, rel=1e-5) and factor.max() > 1.01, name

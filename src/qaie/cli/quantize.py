@@ -96,6 +96,12 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="crop size (default 100, as DPED; HxW for photos: data, e.g. the size the model will run at)",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the crops and degradations")
+    p.add_argument(
+        "--equalize",
+        action="store_true",
+        help="first bring each norm's input channels to one range (the same function; as `qaie quantize` "
+        "does): for models whose flat photos lose their norm statistics, e.g. imported ones",
+    )
     p.add_argument("--out", required=True, help="PTQ checkpoint to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(handler=_run_calibrate)
@@ -110,5 +116,14 @@ def _run_calibrate(args: argparse.Namespace) -> None:
 
     check_writable(Path(args.out), args.overwrite)
     crop = parse_size(args.crop, "--crop")
-    calibrate_checkpoint(args.checkpoint, args.data, args.out, images=args.images, crop=crop, seed=args.seed)
-    print(f"wrote {args.out} (PTQ, {args.images} training crops of {args.data})")
+    calibrate_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.out,
+        images=args.images,
+        crop=crop,
+        seed=args.seed,
+        equalize=args.equalize,
+    )
+    equalized = ", norm inputs equalized" if args.equalize else ""
+    print(f"wrote {args.out} (PTQ, {args.images} training crops of {args.data}{equalized})")
