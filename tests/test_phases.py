@@ -1,5 +1,5 @@
-"""The phase form of nearest 2x upsample + conv3x3 (qaie.nn.phases, qaie.quant.phases): the same
-FP32 function in fewer multiply-adds, and in INT8 an integer-only file that computes its own
+"""The phase form of nearest 2x upsample + conv3x3, and the fold of up1 + head (qaie.nn.phases,
+qaie.quant.phases): the same FP32 function in fewer multiply-adds, and in INT8 an integer-only file that computes its own
 reference model, exported from checkpoints trained before the rewrite."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch.fx.interpreter import Interpreter
 from qaie.cli import main
 from qaie.experiment.parity import run_parity
 from qaie.nn.model import macs_per_pixel
-from qaie.nn.phases import interleave, phase_bias, phase_kernels
+from qaie.nn.phases import depth_to_space, fold_kernels, interleave, phase_bias, phase_kernels
 from qaie.quant import phases, split
 from qaie.quant.checkpoint import load_model
 from qaie.quant.tflite_ops import inspect_tflite
@@ -58,24 +58,46 @@ def _conv_macs(graph: torch.fx.GraphModule, x: torch.Tensor) -> int:
 
 def test_rewrite_keeps_the_fp32_network_in_fewer_macs() -> None:
     """The shipped FP32 weights (width 32): the three upsample convs are 18,432 of the 69,520
-    multiply-adds per pixel; in phase form 4/9 of that on an (H + 1, W + 1) grid per phase."""
+    multiply-adds per pixel and `head` 864. dec4.up and dec2.up go in phase form, 4/9 of theirs
+    on an (H + 1, W + 1) grid per phase; up1 + head fold into one conv3x3 on the S/2 map with
+    4 x 3 output channels, the output's ring computed from four edge strips (in phase form).
+    The rewritten graph is the network, ring included."""
     net = load_model(SHIPPED_FP32).net
     config = net.config
-    size = 64
+    size, c = 64, 32
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     graph = split.static_graph(net, (size, size))
     before = _conv_macs(graph, x)
-    assert phases.rewrite(graph) == 3
+    assert phases.rewrite(graph) == 2 + 4
     after = _conv_macs(graph, x)
     with torch.no_grad():
         assert (graph(x) - net(x)).abs().max() < 1e-5
     assert before == macs_per_pixel(config) * size * size == 69_520 * size * size
-    # (in, out, low-resolution side) of dec4.up, dec2.up, up1
-    ups = [(128, 64, size // 8), (64, 32, size // 4), (32, 32, size // 2)]
+    # (in, out, low-resolution side) of dec4.up, dec2.up
+    ups = [(128, 64, size // 8), (64, 32, size // 4)]
     phase_macs = sum(16 * (s + 1) ** 2 * c_in * c_out for c_in, c_out, s in ups)
-    assert after == before - 18_432 * size * size + phase_macs
-    limit = 69_520 - 18_432 + sum(16 * c_in * c_out * (s / size) ** 2 for c_in, c_out, s in ups)
-    assert limit == 59_280  # per pixel once the grid's extra row and column are negligible
+    low = size // 2
+    folded = 4 * 3 * c * 9 * low * low
+    strips = 4 * (16 * c * c * 3 * (low + 1) + 3 * c * 9 * 2 * 2 * low)  # up1 on a 2-deep strip, head
+    assert after == before - (18_432 + 864) * size * size + phase_macs + folded + strips
+    limit = 69_520 - 18_432 - 864 + sum(16 * c_in * c_out * (s / size) ** 2 for c_in, c_out, s in ups) + 864
+    assert limit == 55_184  # per pixel once the grids' extra rows and the strips are negligible
+
+
+@pytest.mark.parametrize(("h", "w"), [(2, 2), (5, 7)])
+def test_folded_pair_is_the_two_convs_inside_the_ring(h: int, w: int) -> None:
+    g = torch.Generator().manual_seed(h * w)
+    x = torch.rand(2, 8, h, w, generator=g)
+    w1, b1 = torch.randn(8, 8, 3, 3, generator=g), torch.randn(8, generator=g)
+    w2, b2 = torch.randn(3, 8, 3, 3, generator=g), torch.randn(3, generator=g)
+    upsampled = F.interpolate(x, scale_factor=2, mode="nearest")
+    expected = F.conv2d(F.conv2d(upsampled, w1, b1, padding=1), w2, b2, padding=1)
+    kernels, bias = fold_kernels(w1, b1, w2, b2)
+    out = depth_to_space(F.conv2d(x, kernels, bias, padding=1))
+    assert out.shape == expected.shape
+    error = (out - expected).abs() / expected.abs().max()
+    assert error[..., 1:-1, 1:-1].max() < 1e-6
+    assert error.max() > 1e-3  # the ring is not: `head`'s zero padding (qaie.quant.phases computes it)
 
 
 def test_int8_export_is_phased_integer_only_with_stages(quant_models, tmp_path: Path) -> None:
