@@ -14,6 +14,7 @@ in the order (1, 1), (1, 0), (0, 1), (0, 0), the (H + 1, W + 1, 2, 2, C) grid re
 (2H + 2, 2W + 2, C) puts phase (a, b)'s pixel (i, j) at (2i + 1 - a, 2j + 1 - b), one row and
 one column after where the output wants it: output (2i + a, 2j + b) reads row 2i + a + 1 of
 phase a's window. One transpose and one crop, in channels-last (what LiteRT runs).
+
 The same trick folds two convolutions with nothing between them. The network's `up1` (upsample
 + conv3x3, C -> C) feeds `head` (conv3x3, C -> 3) alone: output pixel (2i + a, 2j + b) reads
 low-resolution rows and columns i - 1 .. i + 1 only, so the pair is one conv3x3 on the
