@@ -246,7 +246,8 @@ class TFLiteModel:
         stages = TFLiteStages(self._open, meta) if meta else None
         self.stages: TFLiteStages | None = stages if stages and stages.window_sizes else None
 
-    def _open(self):
+    def _open(self) -> Any:
+        """A new interpreter of the file; the stages open theirs with it (`TFLiteStages.release`)."""
         from ai_edge_litert.interpreter import Interpreter
 
         try:
