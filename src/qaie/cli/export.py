@@ -57,8 +57,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         "--no-phases",
         action="store_true",
         help=".tflite: each nearest 2x upsample + conv3x3 as it is (default: as four 2x2 phase "
-        "convolutions, the same FP32 function in 4/9 of its multiply-adds; INT8 quantizes the phase "
-        "kernels from the trained weights)",
+        "convolutions, the same FP32 function in 4/9 of its multiply-adds, and up1 + head folded into "
+        "one convolution; INT8 quantizes the new kernels from the trained weights)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)
