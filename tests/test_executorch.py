@@ -35,23 +35,29 @@ def pte_files(quant_models, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_int8_convolutions_are_delegated(pte_files):
+    """In phase form (the default) every op is delegated: XNNPACK takes no upsample, which the
+    phase form and the up1 + head fold remove."""
     from qaie.quant.export_executorch import inspect_pte
+    from qaie.runtime.litert import read_sidecar
 
     table = inspect_pte(pte_files["qat"])
     assert table.delegate_calls >= 1
-    assert not [op for op in table.kernels if "convolution" in op or "quantize_per_channel" in op]
+    assert not table.kernels, table.kernels
+    assert read_sidecar(pte_files["qat"])["phases"] is True
 
 
 def test_sidecar_names_each_methods_planned_memory(pte_files):
     """The memory ExecuTorch allocates for a whole program is its largest method's planned
-    buffers: the sidecar gives each; the one pass holds at least its float input and output."""
+    buffers: the sidecar gives each; the one pass holds at least one float image (its input and
+    output may share planned memory: in phase form it reads 76,352 bytes at 64x64, one image
+    and 27,200)."""
     from qaie.runtime.litert import read_sidecar
 
     sidecar = read_sidecar(pte_files["qat"])
     planned = sidecar["planned_bytes"]
     assert sorted(planned) == sorted(sidecar["methods"])
     h, w = QUANT_SIZES[0]
-    assert planned[f"enhance_{h}x{w}"] >= 2 * 3 * h * w * 4
+    assert planned[f"enhance_{h}x{w}"] >= 3 * h * w * 4
     assert all(size > 0 for size in planned.values())
 
 

@@ -138,7 +138,7 @@ def test_a_checkpoint_trained_before_the_rewrite_exports_in_phase_form(tmp_path:
     assert report.overall.psnr >= 45
 
 
-def test_no_phases_is_for_tflite(tmp_path: Path, capsys) -> None:
+def test_no_phases_is_not_for_onnx(tmp_path: Path, capsys) -> None:
     assert (
         main(
             ["export", str(SHIPPED_QAT), "--format", "int8", "--out", str(tmp_path / "m.onnx"), "--no-phases"]

@@ -56,7 +56,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-phases",
         action="store_true",
-        help=".tflite: each nearest 2x upsample + conv3x3 as it is (default: as four 2x2 phase "
+        help=".tflite, .pte: each nearest 2x upsample + conv3x3 as it is (default: as four 2x2 phase "
         "convolutions, the same FP32 function in 4/9 of its multiply-adds, and up1 + head folded into "
         "one convolution; INT8 quantizes the new kernels from the trained weights)",
     )

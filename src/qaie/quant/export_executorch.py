@@ -110,11 +110,14 @@ def export_pte(
     calibration: Iterable[Tensor] | None = None,
     source_checkpoint: str | None = None,
     stages: bool = True,
+    phases: bool = True,
 ) -> PteExportResult:
     """Write `source` to `out` (.pte), one XNNPACK-delegated method per (H, W) in `sizes`, and
     (`stages`) the stage methods of each size that can be a window.
 
-    Args mirror `qaie.quant.export_onnx.export_onnx`; `sizes` and `stages` as for `export_tflite`.
+    Args mirror `qaie.quant.export_onnx.export_onnx`; `sizes`, `stages` and `phases` as for
+    `export_tflite` (without the phase form, XNNPACK takes no upsample: ExecuTorch runs them in
+    its portable kernels, in float).
     """
     from torchao.quantization.pt2e.constant_fold import constant_fold
     from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
@@ -123,7 +126,7 @@ def export_pte(
     out = Path(out)
     check_pte_output(out)
     sizes = export_base.export_sizes(sizes)
-    net = export_base.source_for(fmt, source, calibration)
+    net = export_base.source_for(fmt, source, calibration, phases)
 
     def folded(graph: torch.nn.Module) -> torch.nn.Module:
         if net.prepared is not None:
@@ -161,6 +164,7 @@ def export_pte(
             "backend": "xnnpack",
             "methods": list(programs),
             "stages": meta,
+            "phases": net.phases,
             "ops": ops.to_json(),
             "planned_bytes": planned,
         },

@@ -121,7 +121,7 @@ RUNTIMES = (
         "executorch", (".pte",), "qaie.quant.export_executorch:PteModel",
         "qaie.quant.export_executorch:inspect_pte", "qaie.quant.export_executorch:format_pte_table",
         "qaie.quant.export_executorch:export_pte",
-        "qaie.quant.export_executorch:check_pte_output", frozenset({SIZE, NO_STAGES}),
+        "qaie.quant.export_executorch:check_pte_output", frozenset({SIZE, NO_STAGES, NO_PHASES}),
         "executorch.runtime",
     ),
 )  # fmt: skip
