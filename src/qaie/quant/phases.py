@@ -146,25 +146,21 @@ def fold(module: GraphModule, up: Node, first: Node, second: Node) -> None:
         node = graph.call_function(_qd.quantize_per_tensor.default, (node, *q))
         return graph.call_function(_qd.dequantize_per_tensor.default, (node, *q))
 
-    def cut(node: Node, dim: int, start: int, end: int, shape: tuple, q: tuple | None = None) -> Node:
-        shape = tuple(end - start if d == dim else s for d, s in enumerate(shape))
+    def cut(node: Node, dim: int, start: int, end: int, q: tuple | None = None) -> Node:
+        shape = tuple(end - start if d == dim else s for d, s in enumerate(_value(node).shape))
         return call(aten.slice.Tensor, (node, dim, start, end), shape, q)
 
     def edge(dim: int, last: bool) -> Node:
         """`first` then `second` on the input's 2 rows (dim 2) or columns (3) at one edge; the
         output's row or column there."""
         start = (h if dim == 2 else w) - 2 if last else 0
-        strip = cut(x, dim, start, start + 2, (n_, c_in, h, w), x.args[1:] if quantized else None)
-        low = (n_, c_in, *(2 if d == dim else s for d, s in ((2, h), (3, w))))
-        size = [2 * low[2], 2 * low[3]]
+        strip = cut(x, dim, start, start + 2, x.args[1:] if quantized else None)
+        size = [2 * s for s in _value(strip).shape[-2:]]
         upsampled = call(up.target, (strip, size, *up.args[2:]), (n_, c_in, *size), out_q[0])
-        shape = (n_, w1.shape[0], *size)
-        y = call(aten.conv2d.default, (upsampled, *first.args[1:]), shape, out_q[1])
-        y = cut(y, dim, 2 if last else 0, 4 if last else 2, shape, out_q[1])  # exact rows
-        shape = tuple(2 if d == dim else s for d, s in enumerate(shape))
-        shape = (n_, c_out, *shape[2:])
-        z = call(aten.conv2d.default, (y, *second.args[1:]), shape, out_q[2])
-        return cut(z, dim, 1 if last else 0, 2 if last else 1, shape)
+        y = call(aten.conv2d.default, (upsampled, *first.args[1:]), (n_, w1.shape[0], *size), out_q[1])
+        y = cut(y, dim, 2 if last else 0, 4 if last else 2, out_q[1])  # the exact rows
+        z = call(aten.conv2d.default, (y, *second.args[1:]), (n_, c_out, *_value(y).shape[-2:]), out_q[2])
+        return cut(z, dim, 1 if last else 0, 2 if last else 1)
 
     with graph.inserting_before(second):
         k = _constant(module, f"_fold_{second.name}_weight", kernels.contiguous())
@@ -175,9 +171,8 @@ def fold(module: GraphModule, up: Node, first: Node, second: Node) -> None:
         full = (n_, c_out, 2 * h, 2 * w)
         out = call(depth_to_space, (grouped,), full)
         top, bottom, left, right = edge(2, False), edge(2, True), edge(3, False), edge(3, True)
-        inner = cut(cut(out, 2, 1, 2 * h - 1, full), 3, 1, 2 * w - 1, (n_, c_out, 2 * h - 2, 2 * w))
-        column = (n_, c_out, 2 * h, 1)
-        sides = [cut(left, 2, 1, 2 * h - 1, column), inner, cut(right, 2, 1, 2 * h - 1, column)]
+        inner = cut(cut(out, 2, 1, 2 * h - 1), 3, 1, 2 * w - 1)
+        sides = [cut(left, 2, 1, 2 * h - 1), inner, cut(right, 2, 1, 2 * h - 1)]
         middle = call(aten.cat.default, (sides, 3), (n_, c_out, 2 * h - 2, 2 * w))
         out = call(aten.cat.default, ([top, middle, bottom], 2), full)
     out.meta = dict(second.meta)
