@@ -138,11 +138,37 @@ def test_a_checkpoint_trained_before_the_rewrite_exports_in_phase_form(tmp_path:
     assert report.overall.psnr >= 45
 
 
-def test_no_phases_is_not_for_onnx(tmp_path: Path, capsys) -> None:
-    assert (
-        main(
-            ["export", str(SHIPPED_QAT), "--format", "int8", "--out", str(tmp_path / "m.onnx"), "--no-phases"]
-        )
-        == 2
-    )
-    assert "--no-phases" in capsys.readouterr().err
+def test_onnx_stages_take_the_phase_form_its_one_pass_the_upsamples(tmp_path: Path) -> None:
+    """An .onnx file's stages (fixed window sizes) are exported in phase form with up1 + head
+    folded, as .tflite files; its one-pass graph takes any size and keeps its resizes, and
+    --no-phases keeps them in the stages too. Both compute the same whole photo: the phase
+    kernels are quantized anew from the trained int8 weights, a few LSB apart (as in parity)."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'qaie[onnx]')")
+    import onnx
+
+    from qaie.quant.export_onnx import export_onnx, stage_folder
+    from qaie.runtime.enhance import enhance_image
+    from qaie.runtime.registry import open_deployed
+
+    qat = load_model(SHIPPED_QAT).net
+    outs = {"phases": tmp_path / "phases.onnx", "plain": tmp_path / "plain.onnx"}
+    for name, out in outs.items():
+        export_onnx(qat, "int8", out, stage_windows=[(128, 128)], phases=name == "phases")
+
+    def ops(*files: Path) -> set[str]:
+        return {node.op_type for f in files for node in onnx.load(str(f)).graph.node}
+
+    stage_files = {name: sorted(stage_folder(out).glob("*.onnx")) for name, out in outs.items()}
+    assert len(stage_files["phases"]) == len(stage_files["plain"]) == 6
+    assert "Resize" not in ops(*stage_files["phases"]) and "Resize" in ops(*stage_files["plain"])
+    assert "Resize" in ops(outs["phases"])  # the one pass, any size
+    assert json.loads(sidecar_path(outs["phases"]).read_text())["stage_phases"] is True
+    assert json.loads(sidecar_path(outs["plain"]).read_text())["stage_phases"] is False
+    photo = np.random.default_rng(0).integers(0, 256, (200, 264, 3), dtype=np.uint8)
+    enhanced = {}
+    for name, out in outs.items():
+        model = open_deployed(out, 1)
+        model.memory_budget = 0  # the stages, in windows of 128x128
+        enhanced[name] = enhance_image(model, photo).astype(np.float64)
+    mse = np.mean((enhanced["phases"] - enhanced["plain"]) ** 2)
+    assert mse > 0 and 10 * np.log10(255**2 / mse) >= 45

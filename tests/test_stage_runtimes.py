@@ -29,14 +29,14 @@ PHOTOS = [(264, 336), (392, 520)]  # in several windows of 128x128
 @pytest.fixture(scope="module")
 def staged_files(quant_models, tmp_path_factory: pytest.TempPathFactory):
     """The QAT model as .onnx (stages in WINDOW windows) and .pte (one pass and stages at WINDOW),
-    the .pte without the phase form: the same int8 weights as the reference's stages (as
+    both without the phase form: the same int8 weights as the reference's stages (as
     `whole_photo_models`)."""
     from qaie.quant.export_executorch import export_pte
     from qaie.quant.export_onnx import export_onnx
 
     out = tmp_path_factory.mktemp("staged")
     paths = {"onnx": out / "qat.onnx", "pte": out / "qat.pte"}
-    export_onnx(quant_models.qat, "int8", paths["onnx"], stage_windows=[WINDOW])
+    export_onnx(quant_models.qat, "int8", paths["onnx"], stage_windows=[WINDOW], phases=False)
     export_pte(quant_models.qat, "int8", [WINDOW], paths["pte"], phases=False)
     return paths
 

@@ -56,9 +56,10 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-phases",
         action="store_true",
-        help=".tflite, .pte: each nearest 2x upsample + conv3x3 as it is (default: as four 2x2 phase "
+        help="each nearest 2x upsample + conv3x3 as it is (default: as four 2x2 phase "
         "convolutions, the same FP32 function in 4/9 of its multiply-adds, and up1 + head folded into "
-        "one convolution; INT8 quantizes the new kernels from the trained weights)",
+        "one convolution; INT8 quantizes the new kernels from the trained weights; .onnx: its stages "
+        "only, its one pass takes any size)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(handler=_run_export)

@@ -116,6 +116,7 @@ def export_onnx(
     source_checkpoint: str | None = None,
     stages: bool = True,
     stage_windows: Iterable[Size] = (STAGE_WINDOW,),
+    phases: bool = True,
 ) -> OnnxExportResult:
     """Write `source` to `out` (.onnx) with dynamic H and W, and its stages beside it.
 
@@ -127,6 +128,9 @@ def export_onnx(
         source_checkpoint: recorded in the sidecar.
         stages: also write the stage files of each of `stage_windows` (`wholephoto.is_window`
             sizes); without them every photo runs in one pass, its memory growing with its size.
+        phases: the stages' nearest 2x upsample + conv3x3 in phase form, up1 + head folded
+            (`qaie.quant.phases`, as `.tflite` exports). They apply at fixed sizes only: the
+            one-pass graph, which takes any size, keeps the upsamples.
     """
     import onnx
 
@@ -135,7 +139,7 @@ def export_onnx(
     windows = list(dict.fromkeys(tuple(s) for s in stage_windows)) if stages else []
     for window in windows:
         check_window(window)
-    net = source_for(fmt, source, calibration)
+    net = source_for(fmt, source, calibration, phases)
     if net.fmt == "fp32":
         model = _to_onnx(net.net, {INPUT_NAME: torch.rand(1, 3, *_TRACE_SIZE)}, [OUTPUT_NAME], dynamic=True)
         io = {"dtype": "float32", "scale": None, "zero_point": None}
@@ -164,6 +168,7 @@ def export_onnx(
             "ops": dict(Counter(ops).most_common()),
             "stages": meta,
             "stage_windows": [list(w) for w in windows],
+            "stage_phases": bool(windows) and net.phases,
         },
         ("onnx", "onnxscript", "onnxruntime"),
     )
@@ -287,7 +292,9 @@ def _int8_weights(model) -> None:
 def _int32_biases(model) -> None:
     """A float conv bias -> int32 on the grid input scale * weight scale, behind a
     DequantizeLinear: the form ONNX Runtime fuses into one integer conv. Exact: the reference
-    (`quantize.convert`) already rounded each bias to that grid."""
+    (`quantize.convert`) already rounded each bias to that grid. Named by the conv, whose input
+    scale sets the grid: convs that share a bias (the edge strips of `qaie.quant.phases.fold`)
+    each get their own."""
     from onnx import helper
 
     graph, inits, producer = model.graph, _initializers(model), _producers(model)
@@ -300,7 +307,7 @@ def _int32_biases(model) -> None:
         bias = _array(model, conv.input[2]).astype(np.float64)
         codes = np.rint(bias / step)
         assert np.all(np.abs(codes) < 2**31), "bias out of int32 range"
-        name = f"{conv.input[2]}_int32"
+        name = f"{conv.output[0]}_bias_int32"
         _set_initializer(model, name, codes.astype(np.int32))
         _set_initializer(model, f"{name}_scale", step.astype(np.float32))
         _set_initializer(model, f"{name}_zero_point", np.zeros_like(codes, np.int32))

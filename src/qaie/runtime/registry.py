@@ -115,7 +115,7 @@ RUNTIMES = (
         "onnx", (".onnx",), "qaie.runtime.onnxrt:OnnxModel", "qaie.runtime.onnxrt:inspect_onnx",
         "qaie.runtime.onnxrt:format_onnx_table",
         "qaie.quant.export_onnx:export_onnx", "qaie.quant.export_onnx:check_onnx_output",
-        frozenset({NO_STAGES}), "onnxruntime",
+        frozenset({NO_STAGES, NO_PHASES}), "onnxruntime",
     ),
     Runtime(
         "executorch", (".pte",), "qaie.quant.export_executorch:PteModel",
