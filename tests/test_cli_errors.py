@@ -390,7 +390,7 @@ CASES = [
     ("train-shrink-0", [*TRAIN, "--shrink", "0"], "qaie train: error: --shrink must be a positive integer, got 0"),
     ("train-ranges-no-qat", [*TRAIN, "--ranges", "{ckpt}"], "qaie train: error: --ranges applies to --qat only"),
     ("train-ranges-fp32", [*TRAIN, "--qat", "--ranges", "{ckpt}"],
-     "qaie train: error: {ckpt}: --ranges needs a PTQ checkpoint (qaie calibrate), not FP32"),
+     "qaie train: error: {ckpt}: --ranges needs a PTQ or QAT checkpoint (qaie calibrate, qaie train --qat), not FP32"),
     ("train-workers-neg", [*TRAIN, "--num-workers", "-1"], "qaie train: error: --num-workers must be >= 0, got -1"),
     ("train-width-0", [*TRAIN, "--width", "0"], "qaie train: error: width must be a positive integer, got 0"),
     ("train-missing-init", [*TRAIN, "--init", "missing.ckpt"], "qaie train: error: missing.ckpt: checkpoint not found"),

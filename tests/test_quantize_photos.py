@@ -118,7 +118,7 @@ def test_qat_starts_from_ptq_ranges() -> None:
 def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path, tmp_path: Path) -> None:
     """--ranges PTQ.ckpt (what `qaie quantize` passes): the fake-quant takes that checkpoint's
     weights (qaie quantize's are equalized, not --init's) and its scales, and keeps the scales;
-    another kind of checkpoint is refused."""
+    so does a QAT checkpoint; an FP32 one is refused."""
     ckpt = quant_models.ckpt
     config = TrainConfig(
         data=f"photos:{photo_folder}",
@@ -147,8 +147,16 @@ def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path, tm
     net = initial_net(ModelConfig(width=4), dataclasses.replace(config, ranges=str(ptq_file)))
     assert torch.equal(net.state_dict()["enc2.conv_a.weight"], changed["enc2.conv_a.weight"])
     assert not torch.equal(net.state_dict()["enc2.conv_a.weight"], init_weights["enc2.conv_a.weight"])
-    with pytest.raises(QaieError, match="needs a PTQ checkpoint"):
-        initial_net(ModelConfig(width=4), dataclasses.replace(config, ranges=str(ckpt["qat"])))
+    # a QAT checkpoint continues with its own weights and scales (a fine-tune with another
+    # objective, e.g. distillation from --teacher); an FP32 one has no ranges
+    net = initial_net(ModelConfig(width=4), dataclasses.replace(config, ranges=str(ckpt["qat"])))
+    qat = load_model(ckpt["qat"]).net
+    trained = quantize._watchers(qat)
+    for node, fq in quantize._watchers(net).items():
+        assert torch.equal(fq.scale, trained[node].scale) and not fq.observer_enabled[0], node
+    assert torch.equal(net.state_dict()["enc2.conv_a.weight"], qat.state_dict()["enc2.conv_a.weight"])
+    with pytest.raises(QaieError, match="needs a PTQ or QAT checkpoint"):
+        initial_net(ModelConfig(width=4), dataclasses.replace(config, ranges=str(ckpt["fp32"])))
     with pytest.raises(QaieError, match="pass one"):
         dataclasses.replace(config, calibrate_size="64x64")
 

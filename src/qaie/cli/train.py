@@ -54,7 +54,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ranges",
         metavar="PTQ.ckpt",
-        help="QAT: start from this PTQ checkpoint (qaie calibrate): its weights, and its ranges, kept",
+        help="QAT: start from this PTQ checkpoint (qaie calibrate) or QAT checkpoint: its weights, and "
+        "its ranges, kept",
     )
     p.add_argument(
         "--shrink", type=int, default=1, help="average-pool each training batch by this factor (default 1)"

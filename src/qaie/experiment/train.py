@@ -94,8 +94,9 @@ class TrainConfig:
             PTQ's observers (`QuantSpecs.build`) on training photos of this size (the size the
             model will run at) and stay frozen.
         ranges: QAT: a PTQ checkpoint of the same network (`qaie calibrate`, `qaie quantize`'s
-            ptq.ckpt); the fake-quant starts from its weights and ranges and keeps the ranges
-            (as calibrate_size, without calibrating again); --init stays the teacher.
+            ptq.ckpt), or a QAT one; the fake-quant starts from its weights and ranges and keeps
+            the ranges (as calibrate_size, without calibrating again); --init stays the teacher.
+            A QAT checkpoint with --teacher FP32.ckpt distils its own FP32 network into it.
         shrink: average-pool each training batch (input and target) by this factor: frames at
             1/shrink² of the cost, their norms still seeing whole-frame statistics.
     """
@@ -469,15 +470,16 @@ def _calibrate_at_size(net: nn.Module, fp32: EnhanceNet, config: TrainConfig) ->
 
 
 def _adopt_ptq_ranges(net: nn.Module, path: str, model_config: ModelConfig) -> None:
-    """The PTQ checkpoint `path`'s weights and its ranges, frozen (`_calibrate_at_size` without
-    the calibration: `qaie quantize` has just made them). The ranges were set on those weights,
-    which may differ from --init's by an exact rescaling (`qaie.quant.equalize`)."""
+    """The PTQ or QAT checkpoint `path`'s weights and its ranges, frozen (`_calibrate_at_size`
+    without the calibration: `qaie quantize` has just made them, or a QAT run trained them). The
+    ranges were set on those weights, which may differ from --init's by an exact rescaling
+    (`qaie.quant.equalize`)."""
     from qaie.quant.quantize import adopt_ranges, freeze_observers
 
     loaded = checkpoint.load_model(path, expect=model_config)
-    if loaded.quant != "ptq":
+    if loaded.quant is None:
         raise QaieError(
-            f"{path}: --ranges needs a PTQ checkpoint (qaie calibrate), not {loaded.quant or 'FP32'}"
+            f"{path}: --ranges needs a PTQ or QAT checkpoint (qaie calibrate, qaie train --qat), not FP32"
         )
     weights = {k: v for k, v in loaded.net.state_dict().items() if "activation_post_process" not in k}
     net.load_state_dict(weights, strict=False)

@@ -484,19 +484,21 @@ def freeze_observers(prepared: GraphModule) -> None:
 
 
 def adopt_ranges(fake_quant: GraphModule, observed: GraphModule) -> None:
-    """Give each fake-quant of a QAT graph the range PTQ's observer of the same tensor saw
-    (both prepared from one network: their observers watch nodes of the same names).
+    """Give each fake-quant of a QAT graph the range PTQ's observer of the same tensor saw, or
+    the range of the same fake-quant of another QAT graph (both prepared from one network: their
+    watchers watch nodes of the same names).
 
     QAT then starts from PTQ's ranges (the observer study's policy) instead of its own moving
-    averages; with the observers frozen it keeps them.
+    averages, or continues a QAT run's; with the observers frozen it keeps them.
     """
     qat, ptq = _watchers(fake_quant), _watchers(observed)
     assert qat.keys() == ptq.keys(), "graphs of different networks"
     for node, fq in qat.items():
         if isinstance(fq, FixedQParamsFakeQuantize):
             continue
-        fq.activation_post_process.min_val = ptq[node].min_val.clone()
-        fq.activation_post_process.max_val = ptq[node].max_val.clone()
+        source = getattr(ptq[node], "activation_post_process", ptq[node])
+        fq.activation_post_process.min_val = source.min_val.clone()
+        fq.activation_post_process.max_val = source.max_val.clone()
         scale, zero_point = fq.activation_post_process.calculate_qparams()
         fq.scale.resize_(scale.shape).copy_(scale)
         fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
