@@ -53,7 +53,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ranges",
-        metavar="PTQ.ckpt",
+        metavar="CKPT",
         help="QAT: start from this PTQ checkpoint (qaie calibrate) or QAT checkpoint: its weights, and "
         "its ranges, kept",
     )
