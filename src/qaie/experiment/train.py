@@ -438,7 +438,7 @@ def initial_net(model_config: ModelConfig, config: TrainConfig, resume: bool = F
         # Batch 2: torch.export specializes a dimension whose example is 1, even if marked dynamic.
         qat = prepare_qat(net, torch.rand(2, 3, *config.crop_size))  # size-dynamic graph
         if config.ranges is not None and not resume:
-            _adopt_ptq_ranges(qat, config.ranges, model_config)
+            _adopt_checkpoint_ranges(qat, config.ranges, model_config)
         elif config.calibrate_size is not None and not resume:
             _calibrate_at_size(qat, net, config)
         allow_exported_model_train_eval(qat)  # Lightning calls .train() / .eval()
@@ -469,7 +469,7 @@ def _calibrate_at_size(net: nn.Module, fp32: EnhanceNet, config: TrainConfig) ->
     freeze_observers(net)
 
 
-def _adopt_ptq_ranges(net: nn.Module, path: str, model_config: ModelConfig) -> None:
+def _adopt_checkpoint_ranges(net: nn.Module, path: str, model_config: ModelConfig) -> None:
     """The PTQ or QAT checkpoint `path`'s weights and its ranges, frozen (`_calibrate_at_size`
     without the calibration: `qaie quantize` has just made them, or a QAT run trained them). The
     ranges were set on those weights, which may differ from --init's by an exact rescaling

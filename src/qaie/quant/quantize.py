@@ -491,12 +491,12 @@ def adopt_ranges(fake_quant: GraphModule, observed: GraphModule) -> None:
     QAT then starts from PTQ's ranges (the observer study's policy) instead of its own moving
     averages, or continues a QAT run's; with the observers frozen it keeps them.
     """
-    qat, ptq = _watchers(fake_quant), _watchers(observed)
-    assert qat.keys() == ptq.keys(), "graphs of different networks"
-    for node, fq in qat.items():
+    ours, theirs = _watchers(fake_quant), _watchers(observed)
+    assert ours.keys() == theirs.keys(), "graphs of different networks"
+    for node, fq in ours.items():
         if isinstance(fq, FixedQParamsFakeQuantize):
             continue
-        source = getattr(ptq[node], "activation_post_process", ptq[node])
+        source = getattr(theirs[node], "activation_post_process", theirs[node])  # QAT's, or PTQ's observer
         fq.activation_post_process.min_val = source.min_val.clone()
         fq.activation_post_process.max_val = source.max_val.clone()
         scale, zero_point = fq.activation_post_process.calculate_qparams()
