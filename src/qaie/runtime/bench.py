@@ -17,8 +17,9 @@ not either absolute time.
 `whole` (`qaie bench F.tflite --whole HxW`) times the whole-photo path of a file with stage
 signatures (what `qaie enhance` runs on a photo of that size: `enhance_image`, stage by stage
 in windows) against one pass of its largest exported signature, warm and alternately in this
-process, both in seconds per megapixel: their ratio is what the whole-photo path costs per
-pixel over one pass (window overlap, padding, the stage boundaries and the statistics). Warm
+process, both in seconds per megapixel: their ratio, taken round by round on as many pixels
+each way, is what the whole-photo path costs per pixel over one pass (window overlap,
+padding, the stage boundaries and the statistics). Warm
 means the maps' memory too: it is kept between photos (`wholephoto.MapPool`) as the one pass's
 tensors are, not paged in anew for each photo as in a one-photo `qaie enhance`.
 """
@@ -34,6 +35,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,12 +125,15 @@ class WholeRow:
     p10_ms: float
     p90_ms: float
     one_pass_size: str  # the largest exported signature
-    one_pass_median_ms: float  # one interpreter call of it
+    one_pass_calls: int  # one passes per round: about the photo's pixels, so both sides do alike
+    one_pass_median_ms: float  # one interpreter call of it (a round's mean)
     one_pass_p10_ms: float
     one_pass_p90_ms: float
     s_per_mp: float  # median_ms per megapixel of the photo, in seconds
     one_pass_s_per_mp: float  # one_pass_median_ms per megapixel of the signature
-    ratio: float  # s_per_mp / one_pass_s_per_mp
+    ratio: float  # median over rounds of (whole-photo s/MP / one-pass s/MP in the same round)
+    ratio_p10: float  # spread of the per-round ratios
+    ratio_p90: float
 
 
 @dataclass(frozen=True)
@@ -245,31 +250,44 @@ def synthetic_photo(size: Size, seed: int = 0) -> np.ndarray:
 
 
 def measure_whole(path: Path, size: Size, threads: int, runs: int, warmup: int) -> WholeRow:
-    """The whole-photo path and one pass of the largest signature, alternately (whole first on
-    even rounds, one pass first on odd ones), in one interpreter."""
+    """The whole-photo path and one pass of the largest signature in rounds, in one interpreter:
+    each round runs the photo once and the one pass about as many times as the photo has its
+    pixels (whole first on even rounds, the one passes first on odd ones). A round's ratio
+    compares work of the same size taken at the same moment, so a load that comes and goes
+    moves both sides of it; one pass per round, its single short call made the ratio of two
+    medians move by 10% between calls."""
     model = TFLiteModel(path, num_threads=threads)
     mode, window, calls = frame_mode(model, size)
     assert mode == "stages", mode
     one = max(model.sizes, key=lambda s: s[0] * s[1])  # the first of equal areas
+    repeats = max(1, round(size[0] * size[1] / (one[0] * one[1])))
     frames = [synthetic_photo(size), synthetic_photo(one)]
     pool = MapPool()  # warm: the maps' memory stays paged in between photos, as the one pass's does
+
+    def timed(job: Callable[[], object], n: int) -> float:
+        """Mean milliseconds of n calls."""
+        start = time.perf_counter()
+        for _ in range(n):
+            job()
+        return (time.perf_counter() - start) * 1000 / n
+
     jobs = [lambda: enhance_image(model, frames[0], pool=pool), lambda: model.run(frames[1])]
     times: list[list[float]] = [[], []]
     for i in range(warmup + runs):
         for k in (0, 1) if i % 2 == 0 else (1, 0):
-            start = time.perf_counter()
-            jobs[k]()
+            ms = timed(jobs[k], 1 if k == 0 else repeats)
             if i >= warmup:
-                times[k].append((time.perf_counter() - start) * 1000)
+                times[k].append(ms)
     (p10, med, p90), (op10, omed, op90) = (np.percentile(t, [10, 50, 90]) for t in times)
-    s_per_mp = med / 1000 / (size[0] * size[1] / 1e6)
-    one_s_per_mp = omed / 1000 / (one[0] * one[1] / 1e6)
+    mp, one_mp = size[0] * size[1] / 1e6, one[0] * one[1] / 1e6
+    ratios = (np.array(times[0]) / mp) / (np.array(times[1]) / one_mp)
+    rp10, ratio, rp90 = np.percentile(ratios, [10, 50, 90])
     return WholeRow(
         format_size(size), threads, runs, warmup, format_size(window), calls,
         *(round(float(t), 3) for t in (med, p10, p90)),
-        format_size(one), *(round(float(t), 3) for t in (omed, op10, op90)),
-        round(float(s_per_mp), 6), round(float(one_s_per_mp), 6),
-        round(float(s_per_mp / one_s_per_mp), 4),
+        format_size(one), repeats, *(round(float(t), 3) for t in (omed, op10, op90)),
+        round(float(med / 1000 / mp), 6), round(float(omed / 1000 / one_mp), 6),
+        *(round(float(r), 4) for r in (ratio, rp10, rp90)),
     )  # fmt: skip
 
 
@@ -281,7 +299,7 @@ def format_whole(report: WholeReport) -> str:
         f"{report.model}: {kind}, {report.file_bytes / 1e6:.2f} MB; {report.machine}, {report.cpus} CPUs, "
         f"load average {load}; warm, alternating runs in one process",
         f"{'photo':>11} {'thr':>3} {'runs':>4}  {'whole photo in windows':<24} {'s/MP (p10-p90)':>22}  "
-        f"{'one pass':<10} {'s/MP (p10-p90)':>22} {'whole/one':>9}",
+        f"{'one pass':<14} {'s/MP (p10-p90)':>22} {'whole/one (p10-p90)':>19}",
     ]
     for r in report.rows:
         mp, one_mp = _megapixels(r.size), _megapixels(r.one_pass_size)
@@ -291,9 +309,10 @@ def format_whole(report: WholeReport) -> str:
             f"{r.one_pass_s_per_mp:.3f} ({r.one_pass_p10_ms / one_mp / 1000:.3f}-"
             f"{r.one_pass_p90_ms / one_mp / 1000:.3f})"
         )
+        ratio = f"{r.ratio:.2f} ({r.ratio_p10:.2f}-{r.ratio_p90:.2f})"
         lines.append(
-            f"{r.size:>11} {r.threads:>3} {r.runs:>4}  {how:<24} {spread:>22}  {r.one_pass_size:<10} "
-            f"{one:>22} {r.ratio:>9.2f}"
+            f"{r.size:>11} {r.threads:>3} {r.runs:>4}  {how:<24} {spread:>22}  "
+            f"{f'{r.one_pass_size} x{r.one_pass_calls}':<14} {one:>22} {ratio:>19}"
         )
     return "\n".join(lines)
 

@@ -105,10 +105,12 @@ class Histogram:
     """Per-channel counts of the 256 codes of an 8-bit map, accumulated over parts of it
     (each window's share as it is stored).
 
-    Counted by Pillow's histogram of 4-band images: each group of four channels is gathered
-    into one contiguous column of 32-bit pixels and read as an RGBA row. That is about 0.5 ns
-    a code on a window's owned part (a strided view), where numpy's bincount took 1.8: it
-    widens every index to 64 bits and takes a min/max pass first."""
+    Counted by Pillow's histogram of 4-band images: each group of four channels becomes one
+    contiguous row of 32-bit pixels, read as RGBA. The rows come from one transposing copy of
+    the map seen as 32-bit words, 0.12 ns a code on a window's owned part (a strided view),
+    where gathering each group on its own took 0.63; Pillow then counts at 0.31 ns a code,
+    where numpy's bincount took 1.8 (it widens every index to 64 bits and takes a min/max pass
+    first)."""
 
     def __init__(self, channels: int) -> None:
         self.channels = channels
@@ -121,9 +123,10 @@ class Histogram:
             codes = np.ascontiguousarray(codes)
         octets = codes.view(np.uint8)
         quads = self.channels - self.channels % 4
-        for c in range(0, quads, 4):
-            column = np.ascontiguousarray(octets[..., c : c + 4].view("<u4"))
-            self._counts[c : c + 4] += _band_histograms("RGBA", column).reshape(4, 256)
+        if quads:  # (C/4, H, W) words: each group of four channels one contiguous row
+            rows = np.ascontiguousarray(np.moveaxis(octets[..., :quads].view("<u4"), -1, 0))
+            for g, row in enumerate(rows):
+                self._counts[4 * g : 4 * g + 4] += _band_histograms("RGBA", row).reshape(4, 256)
         for c in range(quads, self.channels):  # a map whose width is not a multiple of 4
             self._counts[c] += _band_histograms("L", np.ascontiguousarray(octets[..., c]))
 
