@@ -161,6 +161,49 @@ def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path, tm
         dataclasses.replace(config, calibrate_size="64x64")
 
 
+def test_learned_ranges_move_and_reach_the_converted_graph(
+    quant_models, photo_folder: Path, tmp_path: Path, capsys
+) -> None:
+    """--learn-ranges: from PTQ's frozen ranges, one epoch moves the scales of the ordinary
+    activations only; the checkpoint's observers give those scales back, so the converted
+    graph (what the converter writes into the file) quantizes at them."""
+    ckpt = quant_models.ckpt
+    with pytest.raises(QaieError, match="--ranges CKPT or --calibrate-size"):
+        TrainConfig(data=f"photos:{photo_folder}", epochs=1, qat=True, init="f.ckpt", learn_ranges=1e-3)
+    with pytest.raises(QaieError, match="learning rate > 0"):
+        TrainConfig(
+            data=f"photos:{photo_folder}",
+            epochs=1,
+            qat=True,
+            init="f.ckpt",
+            ranges="p.ckpt",
+            learn_ranges=0.0,
+        )
+    out = tmp_path / "run"
+    args = ["train", "--data", f"photos:{photo_folder}", "--width", "4", "--qat", "--init", str(ckpt["fp32"])]
+    args += ["--ranges", str(ckpt["ptq"]), "--learn-ranges", "1e-2", "--epochs", "1", "--batch-size", "2"]
+    args += ["--crop", "64x64", "--val-crop", "64x64", "--lr", "1e-5", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    ptq, learned = load_model(ckpt["ptq"]).net, load_model(out / "last.ckpt").net
+    before, after = quantize._watchers(ptq), quantize._watchers(learned)
+    moved, kept = set(), set()
+    for node, fq in after.items():
+        if isinstance(fq, quantize.FixedQParamsFakeQuantize) or fq.scale.numel() > 1:
+            continue  # fixed grids; per-channel weights
+        scale, zero_point = fq.activation_post_process.calculate_qparams()
+        assert torch.allclose(scale, fq.scale, rtol=1e-6) and torch.equal(zero_point, fq.zero_point), node
+        old, _ = before[node].calculate_qparams()
+        (moved if not torch.allclose(old, scale, rtol=1e-6) else kept).add(node)
+    assert len(moved) > 30  # the ordinary activations
+    assert kept and not any(n.startswith(("mean", "rsqrt", "sub")) for n in moved)  # the norms' chain
+    converted = quantize.convert(learned)
+    used = torch.tensor(
+        [float(n.args[1]) for n in converted.graph.nodes if "quantize_per_tensor" in str(n.target)]
+    )
+    for node in moved:
+        assert (used / after[node].scale - 1).abs().min() < 1e-6, node
+
+
 def test_frames_only_for_photos(photo_folder: Path) -> None:
     """An HxW training crop is a frame of photos: data; shrinking may not go below the network's minimum."""
     with pytest.raises(QaieError, match="photos: data only"):

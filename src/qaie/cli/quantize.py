@@ -35,6 +35,13 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lr", type=float, help="QAT learning rate (default 5e-5, as measured in docs/results.md)"
     )
+    p.add_argument(
+        "--learn-ranges",
+        type=float,
+        metavar="LR",
+        help="QAT trains the activations' scales from PTQ's at this learning rate (default 1e-4, "
+        "docs/results.md; 0: PTQ's ranges kept)",
+    )
     p.add_argument("--test-limit", type=int, help="fidelity on the first N test photos only")
     p.add_argument("--json", metavar="OUT", help="also write the numbers as JSON to OUT")
     p.set_defaults(handler=_run_quantize)
@@ -44,7 +51,13 @@ def _run_quantize(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from qaie.atomic import check_writable, write_text_atomic
-    from qaie.experiment.quantize_photos import LABEL_FREE_LR, QuantizeConfig, quantize_from_photos, summary
+    from qaie.experiment.quantize_photos import (
+        LABEL_FREE_LR,
+        RANGES_LR,
+        QuantizeConfig,
+        quantize_from_photos,
+        summary,
+    )
     from qaie.runtime.litert import parse_size
 
     out = Path(args.out)
@@ -62,6 +75,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
         qat_epochs=args.qat_epochs,
         shrink=args.shrink,
         lr=args.lr if args.lr is not None else LABEL_FREE_LR,
+        learn_ranges=RANGES_LR if args.learn_ranges is None else args.learn_ranges or None,
         test_limit=args.test_limit,
     )
     result = quantize_from_photos(config)

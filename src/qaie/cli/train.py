@@ -60,6 +60,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shrink", type=int, default=1, help="average-pool each training batch by this factor (default 1)"
     )
+    p.add_argument(
+        "--learn-ranges",
+        type=float,
+        metavar="LR",
+        help="QAT with --ranges or --calibrate-size: train each activation's scale (LSQ) at this learning "
+        "rate, e.g. 1e-4 (default: the ranges stay as set)",
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -103,6 +110,7 @@ def _run_train(args: argparse.Namespace) -> int:
         calibrate_size=args.calibrate_size,
         ranges=args.ranges,
         shrink=args.shrink,
+        learn_ranges=args.learn_ranges,
     )
     result = train(model_config_from_args(args), config, args.out, resume=args.resume)
     if result.rank != 0:

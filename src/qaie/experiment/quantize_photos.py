@@ -7,7 +7,8 @@ import`) and photos, but not the labelled pairs it was trained on:
    function, int8 statistics that hold on flat photos), calibrated on the training photos at
    the size it will run at;
 2. label-free QAT (`--qat-epochs N`): the fake-quant network of PTQ's (equalized) weights, its
-   ranges PTQ's (set at that size, then frozen), trained to reproduce the FP32 output (`qaie train --qat
+   ranges PTQ's (set at that size; then trained by their scales, `--learn-ranges`, or frozen),
+   trained to reproduce the FP32 output (`qaie train --qat
    --data photos:`, teacher = the FP32 model) on frames of that size from the training photos,
    average-pooled by `shrink` (whole-frame norm statistics at a quarter of the cost; crops
    show the norms other statistics and made it worse, docs/results.md); its best epoch on the
@@ -38,6 +39,7 @@ from qaie.quant.predict import Predictor
 from qaie.runtime import registry
 
 LABEL_FREE_LR = 5e-5  # Adam on frames at half size (docs/results.md, "Label-free QAT")
+RANGES_LR = 1e-4  # the activations' scales (docs/results.md, "Learned ranges")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class QuantizeConfig:
         shrink: QAT frames average-pooled by this factor.
         lr, loss: QAT training settings (`qaie train`'s; mean squared error is what PSNR
             measures, docs/results.md).
+        learn_ranges: QAT trains the activations' scales at this learning rate (`qaie train
+            --learn-ranges`); None keeps PTQ's ranges.
         test_limit: report fidelity on the first N test photos only.
     """
 
@@ -67,6 +71,7 @@ class QuantizeConfig:
     shrink: int = 2
     lr: float = LABEL_FREE_LR
     loss: str = "mse"
+    learn_ranges: float | None = RANGES_LR
     test_limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -132,6 +137,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
             qat=True,
             init=str(config.checkpoint),  # the teacher; weights and ranges are PTQ's
             ranges=str(ptq),
+            learn_ranges=config.learn_ranges,
         )
         run = config.work / "qat"
         result = train(loaded.config, qat, run, resume=(run / "last.ckpt").exists())

@@ -99,6 +99,9 @@ class TrainConfig:
             A QAT checkpoint with --teacher FP32.ckpt distils its own FP32 network into it.
         shrink: average-pool each training batch (input and target) by this factor: frames at
             1/shrink² of the cost, their norms still seeing whole-frame statistics.
+        learn_ranges: QAT from frozen ranges (calibrate_size or ranges): train each ordinary
+            activation's scale at this learning rate (`quantize.learn_scales`, LSQ); None: the
+            ranges stay as set.
     """
 
     data: str
@@ -126,6 +129,7 @@ class TrainConfig:
     calibrate_size: str | None = None
     ranges: str | None = None
     shrink: int = 1
+    learn_ranges: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("crop", "val_crop"):  # (H, W) comes back from JSON as a list
@@ -185,6 +189,14 @@ class TrainConfig:
                 raise QaieError(f"{flag} applies to --qat only")
             if self.freeze_observers_after is None:  # ranges of the deployment size: keep them
                 object.__setattr__(self, "freeze_observers_after", 0)
+        if self.learn_ranges is not None:
+            if not self.learn_ranges > 0:
+                raise QaieError(f"--learn-ranges must be a learning rate > 0, got {self.learn_ranges!r}")
+            if self.freeze_observers_after != 0:
+                raise QaieError(
+                    "--learn-ranges trains ranges that are set before the first step: pass --qat with "
+                    "--ranges CKPT or --calibrate-size HxW"
+                )
         if self.labels_free:
             if not self.qat:
                 raise QaieError(
@@ -300,6 +312,12 @@ class EnhanceModule(L.LightningModule):
 
             freeze_observers(self.net)
 
+    def on_train_batch_end(self, *_args: Any) -> None:
+        if self.config.learn_ranges is not None:
+            from qaie.quant.quantize import sync_learned_ranges
+
+            sync_learned_ranges(self.net)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> None:
         x, y = self.targets(batch)  # with a teacher: fidelity to it on held-out images
         pred = self.net(x).float()
@@ -322,7 +340,12 @@ class EnhanceModule(L.LightningModule):
             self.net.apply(enable_observer)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.config.lr)
+        groups = [{"params": list(self.net.parameters())}]
+        if self.config.learn_ranges is not None:
+            from qaie.quant.quantize import learn_scales
+
+            groups.append({"params": learn_scales(self.net), "lr": self.config.learn_ranges})
+        optimizer = torch.optim.Adam(groups, lr=self.config.lr)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = self.config.warmup_epochs * max(1, total // self.config.epochs)
         schedule = torch.optim.lr_scheduler.LambdaLR(

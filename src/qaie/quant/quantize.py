@@ -112,6 +112,33 @@ class RsqrtInputFakeQuantize(FakeQuantize):
         return out
 
 
+class LearnedScaleFakeQuantize(FakeQuantize):
+    """Fake-quant of an ordinary activation (QAT), whose scale can be trained once its range is
+    frozen (`learn_scales`): LSQ's gradient (Esser et al., 2020) through torch's learnable
+    fake-quant, the zero point kept. Until then, and for every tensor not chosen, it is torch's
+    FakeQuantize. A frozen range is a compromise between clipping and the step; a range learned
+    on the loss makes it per tensor, where a min/max or histogram rule cannot see the error
+    (docs/results.md: 2.3 dB of the official weights' INT8 error is clipping, the rest steps)."""
+
+    learning = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.learning:
+            return super().forward(x)
+        return torch._fake_quantize_learnable_per_tensor_affine(
+            x, self.scale, self.zero_point.float(), self.quant_min, self.quant_max, 1.0
+        )
+
+    @torch.no_grad()
+    def sync_range(self) -> None:
+        """The observer takes the learned range, which is what `convert`, checkpoints and
+        `adopt_ranges` read (calculate_qparams gives back the same scale and zero point)."""
+        self.scale.clamp_(min=torch.finfo(torch.float32).eps)
+        low, high = ((q - self.zero_point) * self.scale for q in (self.quant_min, self.quant_max))
+        self.activation_post_process.min_val = low.reshape(()).clone()
+        self.activation_post_process.max_val = high.reshape(()).clone()
+
+
 @dataclass(frozen=True)
 class QuantSpecs:
     """The kinds of quantization in the network, for PTQ (observers) or QAT (fake-quant)."""
@@ -134,7 +161,8 @@ class QuantSpecs:
         a histogram search over all images.
         """
         if qat:
-            act_obs = stat_obs = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
+            act_obs = LearnedScaleFakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
+            stat_obs = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
             rsqrt_obs = RsqrtInputFakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
             weight_obs = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver)
         else:
@@ -481,6 +509,43 @@ def freeze_observers(prepared: GraphModule) -> None:
     """Stop updating scales (QAT after N steps, and before evaluating): fake-quant keeps
     using the current scale/zero point. No effect on PTQ observers (they only observe)."""
     prepared.apply(disable_observer)
+
+
+def learn_scales(prepared: GraphModule) -> list[Tensor]:
+    """Start training the scale of every ordinary activation of a QAT graph whose ranges are
+    frozen; returns the scales, for the optimizer. Not the norms' statistics chain (x - mean,
+    its square, rsqrt; the means and var + eps have their own fake-quants), and the fixed grids
+    of the image, the output and tanh stay fixed. After each optimizer step
+    `sync_learned_ranges`."""
+    chain = set()  # each norm's rsqrt, x - mean and its square, from rsqrt back
+    for node in prepared.graph.nodes:
+        if node.op == "call_function" and node.target == aten.rsqrt.default:
+            var = _source(_source(node.args[0]).args[0])
+            square = _source(var.args[0])
+            chain |= {node.name, square.name, _source(square.args[0]).name}
+    learned = {}
+    for name, module in _watchers(prepared).items():
+        if isinstance(module, LearnedScaleFakeQuantize) and name not in chain:
+            assert module.observer_enabled[0] == 0, "learn_scales needs frozen ranges"
+            learned[id(module)] = module
+    for module in learned.values():
+        module.learning = True
+        module.scale.requires_grad_(True)
+    return [m.scale for m in learned.values()]
+
+
+def sync_learned_ranges(prepared: GraphModule) -> None:
+    """Every learned scale's range into its observer (see LearnedScaleFakeQuantize.sync_range)."""
+    for module in prepared.modules():
+        if isinstance(module, LearnedScaleFakeQuantize) and module.learning:
+            module.sync_range()
+
+
+def _source(node: Node) -> Node:
+    """The op behind `node`, through the fake-quant modules of a prepared graph."""
+    while node.op == "call_module" and node.target.startswith("activation_post_process"):
+        node = node.args[0]
+    return node
 
 
 def adopt_ranges(fake_quant: GraphModule, observed: GraphModule) -> None:
