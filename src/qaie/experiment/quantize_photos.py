@@ -8,8 +8,8 @@ import`) and photos, but not the labelled pairs it was trained on:
    the size it will run at;
 2. label-free QAT (`--qat-epochs N`): the fake-quant network of PTQ's (equalized) weights, its
    ranges PTQ's (set at that size; then trained by their scales, `--learn-ranges`, or frozen),
-   trained to reproduce the FP32 output (`qaie train --qat
-   --data photos:`, teacher = the FP32 model) on frames of that size from the training photos,
+   trained to reproduce the FP32 output (`qaie train --qat --data photos:`, teacher = the FP32
+   model) on frames of that size from the training photos,
    average-pooled by `shrink` (whole-frame norm statistics at a quarter of the cost; crops
    show the norms other statistics and made it worse, docs/results.md); its best epoch on the
    validation photos is used only if it is closer to FP32 there than PTQ;
