@@ -95,7 +95,13 @@ def test_fixed_and_shared_scales(qat_graph: GraphModule) -> None:
 def test_plain_fake_quantize_and_torch_eps(qat_graph: GraphModule) -> None:
     modules = [m for m in qat_graph.modules() if isinstance(m, FakeQuantize)]
     kinds = {type(m).__name__ for m in modules}
-    assert kinds == {"FakeQuantize", "RsqrtInputFakeQuantize", "FixedQParamsFakeQuantize"}  # never fused
+    # never fused; ordinary activations in a plain FakeQuantize whose scale can be learned
+    assert kinds == {
+        "FakeQuantize",
+        "LearnedScaleFakeQuantize",
+        "RsqrtInputFakeQuantize",
+        "FixedQParamsFakeQuantize",
+    }
     for m in modules:
         if type(m).__name__ != "FixedQParamsFakeQuantize":
             assert float(m.activation_post_process.eps) == torch.finfo(torch.float32).eps
