@@ -15,7 +15,9 @@ from PIL import Image
 
 from qaie.cli import main
 from qaie.config import ModelConfig
+from qaie.data.datasets import VAL_SEED, make_dataset
 from qaie.errors import QaieError
+from qaie.experiment.quantize_photos import QuantizeConfig
 from qaie.experiment.train import EnhanceModule, TrainConfig, initial_net
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize
@@ -63,7 +65,8 @@ def test_label_free_targets_are_the_teachers_output(quant_models, photo_folder: 
 
 
 def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, capsys) -> None:
-    """PTQ, one epoch of label-free QAT, export, and the file's fidelity to FP32 on held-out photos."""
+    """PTQ, one epoch of label-free QAT, export, and the file's fidelity to FP32 on held-out photos
+    (two windows of each: `--crops 2`)."""
     out, report = tmp_path / "m.tflite", tmp_path / "m.json"
     args = ["quantize", str(quant_models.ckpt["fp32"]), "--photos", str(photo_folder), "--size", "128x128"]
     args += [
@@ -71,14 +74,18 @@ def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, c
         str(out),
         "--qat-epochs",
         "1",
+        "--crops",
+        "2",
+        "--shrink",
+        "2",
         "--json",
         str(report),
     ]  # frames of 128x128 pooled to 64x64
     assert main(args) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert f"wrote {out}" in printed and "fidelity to FP32 on 1 held-out photos" in printed
+    assert f"wrote {out}" in printed and "fidelity to FP32 on 2 held-out windows" in printed
     result = json.loads(report.read_text())
-    assert result["test_photos"] == 1
+    assert result["test_photos"] == 2
     validation = result["validation_psnr"]  # QAT's best epoch is used only if it beats PTQ there
     assert validation.keys() == {"ptq", "qat"} and "chosen on the validation photos" in printed
     chosen = "qat/best.ckpt" if validation["qat"] > validation["ptq"] else "ptq.ckpt"
@@ -90,6 +97,32 @@ def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, c
     assert inspect_tflite(out).float_ops == 0
     saved = torch.load(tmp_path / "m.tflite.work/qat/best.ckpt", weights_only=False)["state_dict"]
     assert not any(key.startswith("teacher") for key in saved)  # the teacher stays its own file
+
+
+def test_patches_many_fixed_windows_per_photo(photo_folder: Path, tmp_path: Path, capsys) -> None:
+    """`--crops N`: held-out photos give N windows each, at places that stay put (patch fidelity
+    needs many patches of few photos); one crop is the centre one. (`qaie quantize --crops` runs
+    in test_quantize_end_to_end.)"""
+    data = f"photos:{photo_folder}"
+    windows = make_dataset(data, "test", crop=(64, 64), seed=VAL_SEED, repeats=4, held_out=True)
+    again = make_dataset(data, "test", crop=(64, 64), seed=VAL_SEED, repeats=4, held_out=True)
+    again.set_epoch(3)  # held-out windows do not move with the epoch
+    crops = [windows[i][0] for i in range(len(windows))]
+    assert len(crops) == 4 and all(torch.equal(a, again[i][0]) for i, a in enumerate(crops))
+    assert len({c.sum().item() for c in crops}) == 4  # four different places
+    photo = torch.from_numpy(np.array(Image.open(windows.paths[0]).convert("RGB"))).permute(2, 0, 1)
+    (h, w), centre = photo.shape[1:], make_dataset(data, "test", crop=(64, 64), held_out=True)[0][0]
+    assert torch.equal(
+        centre, photo[:, (h - 64) // 2 : (h - 64) // 2 + 64, (w - 64) // 2 : (w - 64) // 2 + 64] / 255
+    )
+
+    args = ["quantize", "f.ckpt", "--photos", str(photo_folder), "--size", "64x64"]
+    assert main([*args, "--crops", "0", "--out", str(tmp_path / "p.tflite")]) == 2
+    assert "--crops must be >= 1" in capsys.readouterr().err
+    # QAT pools whole frames 2x by default, patches not at all
+    frames = {"checkpoint": Path("f.ckpt"), "photos": photo_folder, "out": Path("m.tflite"), "work": tmp_path}
+    assert QuantizeConfig(size=(1920, 1080), **frames).shrink == 2
+    assert QuantizeConfig(size=(100, 100), crops=64, **frames).shrink == 1
 
 
 def test_qat_starts_from_ptq_ranges() -> None:

@@ -29,8 +29,8 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shrink",
         type=int,
-        default=2,
-        help="QAT frames (of --size) average-pooled by this factor (default 2)",
+        help="QAT frames (of --size) average-pooled by this factor (default 2 for sizes of 512 px a side "
+        "and more, else 1)",
     )
     p.add_argument(
         "--lr", type=float, help="QAT learning rate (default 5e-5, as measured in docs/results.md)"
@@ -41,6 +41,14 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         metavar="LR",
         help="QAT trains the activations' scales from PTQ's at this learning rate (default 1e-4, "
         "docs/results.md; 0: PTQ's ranges kept)",
+    )
+    p.add_argument(
+        "--crops",
+        type=int,
+        default=1,
+        metavar="N",
+        help="windows of --size per photo for calibration, QAT, validation and test (default 1; e.g. 64 "
+        "for 100x100 patches)",
     )
     p.add_argument("--test-limit", type=int, help="fidelity on the first N test photos only")
     p.add_argument("--json", metavar="OUT", help="also write the numbers as JSON to OUT")
@@ -76,14 +84,14 @@ def _run_quantize(args: argparse.Namespace) -> None:
         shrink=args.shrink,
         lr=args.lr if args.lr is not None else LABEL_FREE_LR,
         learn_ranges=RANGES_LR if args.learn_ranges is None else args.learn_ranges or None,
+        crops=args.crops,
         test_limit=args.test_limit,
     )
     result = quantize_from_photos(config)
     f, p = result.fidelity, result.parity.overall
     print(f"wrote {result.out} (INT8 of {result.checkpoint})")
-    print(
-        f"  fidelity to FP32 on {f.n_images} held-out photos at {args.size}: PSNR {f.psnr:.2f} dB  SSIM {f.ssim:.4f}"
-    )
+    held_out = f"{f.n_images} held-out photos" if args.crops == 1 else f"{f.n_images} held-out windows"
+    print(f"  fidelity to FP32 on {held_out} at {args.size}: PSNR {f.psnr:.2f} dB  SSIM {f.ssim:.4f}")
     if result.ptq_fidelity is not None:
         print(f"  (PTQ alone: PSNR {result.ptq_fidelity.psnr:.2f} dB)")
     if result.validation:

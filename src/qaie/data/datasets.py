@@ -145,7 +145,8 @@ def make_dataset(
         crop: train: random crop size (DPED: 100); val/test: fixed centre crop. None: whole images.
             (H, W): a rectangle, for photos: data only (it turns photos to the crop's orientation).
         seed: all randomness derives from it (with the epoch and index in training).
-        repeats: crops drawn per image per epoch (small datasets).
+        repeats: crops drawn per image per epoch (small datasets); photos: data's val/test: that
+            many windows per photo at fixed places (patches) instead of the centre crop.
         limit: keep the first `limit` names (sorted), for quick runs.
         camera: the synthetic camera's ranges (builtin and synthetic sources).
         held_out: photos: data split into train/val/test by a hash of the file stem, as flat

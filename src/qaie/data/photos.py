@@ -4,8 +4,9 @@ They serve where no target is needed: PTQ calibration on the photos a model will
 (`qaie calibrate`, `qaie export --calibrate`), and fidelity of one model to another
 (`qaie evaluate MODEL --reference REF`), which measures a deployment gap without labels.
 
-There is no training on them, so there are no splits: every split is the whole folder. Keep
-calibration and evaluation photos in different folders.
+Every split is the whole folder, so keep calibration and evaluation photos in different
+folders; or split it by name (`make_dataset(..., held_out=True)`), as label-free QAT
+(`qaie train --qat --data photos:`, `qaie quantize`) does.
 
 A crop may be a rectangle (H, W). A photo whose orientation differs from the crop's is turned
 a quarter (np.rot90, counter-clockwise) first, so landscape photos give portrait crops for a
@@ -37,8 +38,11 @@ class PhotoDataset(PhotoItems):
     """(photo, photo) float32 tensors (3, h, w) in [0, 1]: the input, and the input again where a
     target would be (there is none; `qaie evaluate` needs --reference on this data).
 
-    Train: random crops (`repeats` per photo per epoch); val/test: centre crops; crop None: whole
-    photos. Randomness from `np.random.default_rng([seed, epoch, index])`, as qaie.data.datasets does.
+    Train: random crops (`repeats` per photo per epoch); val/test: the centre crop, or with
+    `repeats` > 1 that many windows per photo at fixed places (patches: many per photo, the same
+    in every epoch and run); crop None: whole photos. Randomness from
+    `np.random.default_rng([seed, epoch, index])` (val/test: `[seed, index]`), as
+    qaie.data.datasets does.
     """
 
     def __init__(
@@ -56,8 +60,9 @@ class PhotoDataset(PhotoItems):
             (h, w), (ch, cw) = pixels.shape[:2], self.crop
             if h < ch or w < cw:
                 raise QaieError(f"{path}: {w}x{h} pixels are fewer than the {cw}x{ch} crop (W x H)")
-            if self.split == "train":
-                rng = np.random.default_rng([self.seed, self.epoch, index])
+            if self.split == "train" or self.repeats > 1:
+                draw = [self.seed, self.epoch, index] if self.split == "train" else [self.seed, index]
+                rng = np.random.default_rng(draw)
                 y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
             else:
                 y, x = (h - ch) // 2, (w - cw) // 2

@@ -40,6 +40,7 @@ from qaie.runtime import registry
 
 LABEL_FREE_LR = 5e-5  # Adam on frames at half size (docs/results.md, "Label-free QAT")
 RANGES_LR = 1e-4  # the activations' scales (docs/results.md, "Learned ranges")
+SHRINK_FROM = 512  # frames this large train pooled 2x by default
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,16 @@ class QuantizeConfig:
         work: folder for the PTQ checkpoint and the QAT run (resumable).
         qat_epochs: label-free QAT epochs after PTQ (one frame per training photo each); 0
             exports the PTQ model.
-        shrink: QAT frames average-pooled by this factor.
+        shrink: QAT frames average-pooled by this factor; None: 2 for frames of at least
+            SHRINK_FROM px a side (the norms' statistics barely move), else 1 (pooling a patch
+            changes what it shows).
         lr, loss: QAT training settings (`qaie train`'s; mean squared error is what PSNR
             measures, docs/results.md).
         learn_ranges: QAT trains the activations' scales at this learning rate (`qaie train
             --learn-ranges`); None keeps PTQ's ranges.
+        crops: windows of `size` per photo: calibration, each QAT epoch, validation and test
+            (for a size much smaller than the photos, e.g. 100x100 patches); 1: one frame each,
+            the centre one for validation and test.
         test_limit: report fidelity on the first N test photos only.
     """
 
@@ -68,10 +74,11 @@ class QuantizeConfig:
     out: Path
     work: Path
     qat_epochs: int = 7
-    shrink: int = 2
+    shrink: int | None = None
     lr: float = LABEL_FREE_LR
     loss: str = "mse"
     learn_ranges: float | None = RANGES_LR
+    crops: int = 1
     test_limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -79,6 +86,10 @@ class QuantizeConfig:
             raise QaieError(f"{self.out}: the output must end in {', '.join(registry.DEPLOYED_SUFFIXES)}")
         if self.qat_epochs < 0:
             raise QaieError(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
+        if self.crops < 1:
+            raise QaieError(f"--crops must be >= 1, got {self.crops}")
+        if self.shrink is None:
+            object.__setattr__(self, "shrink", 2 if min(self.size) >= SHRINK_FROM else 1)
 
     @property
     def data(self) -> str:
@@ -116,8 +127,8 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     ptq = config.work / "ptq.ckpt"
     if not ptq.exists():
         calibrate_checkpoint(
-            config.checkpoint, config.data, ptq, images=photos["train"], crop=config.size, held_out=True,
-            equalize=True,
+            config.checkpoint, config.data, ptq, images=photos["train"] * config.crops, crop=config.size,
+            held_out=True, equalize=True,
         )  # fmt: skip
     minutes["ptq"] = (time.perf_counter() - started) / 60
 
@@ -131,6 +142,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
             lr=config.lr,
             warmup_epochs=0,
             crop=config.size,
+            repeats=config.crops,
             shrink=config.shrink,
             loss=config.loss,
             val_crop=config.size,
@@ -173,7 +185,9 @@ def fidelity(predict: Predictor, name: str, config: QuantizeConfig, split: str) 
     """PSNR/SSIM of `predict`'s output against the FP32 network's on the photos of `split` at
     the size (the test split: the reported fidelity; val: the choice between PTQ and QAT)."""
     limit = config.test_limit if split == "test" else None
-    photos = make_dataset(config.data, split, crop=config.size, seed=VAL_SEED, limit=limit, held_out=True)
+    photos = make_dataset(
+        config.data, split, crop=config.size, seed=VAL_SEED, repeats=config.crops, limit=limit, held_out=True
+    )
     return evaluate_fidelity(
         predict,
         checkpoint_predictor(config.checkpoint),

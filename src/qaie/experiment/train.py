@@ -75,7 +75,8 @@ class TrainConfig:
         warmup_epochs: linear warm-up, then cosine decay to 0, per step.
         crop: training crop size (random crops and flips from the dataset); (H, W) for photos:
             data (label-free QAT on frames of the size the model will run at).
-        repeats: crops drawn per image per epoch (small datasets).
+        repeats: crops drawn per image per epoch (small datasets); photos: data also validates
+            on that many fixed windows per photo (patches: a few photos, many windows each).
         loss: name in qaie.nn.losses.LOSSES.
         seed: seeds the weights, crops, degradations and sample order.
         val_crop: centre crop for validation, or (H, W) as `crop`; None: whole images (batch 1).
@@ -556,7 +557,13 @@ def train(
         config.data, "train", crop=config.crop, seed=config.seed, repeats=config.repeats, held_out=held_out
     )
     val_set = make_dataset(
-        config.data, "val", crop=config.val_crop, seed=VAL_SEED, limit=config.val_limit, held_out=held_out
+        config.data,
+        "val",
+        crop=config.val_crop,
+        seed=VAL_SEED,
+        repeats=config.repeats if held_out and config.val_crop is not None else 1,
+        limit=config.val_limit,
+        held_out=held_out,
     )
     L.seed_everything(config.seed, workers=True, verbose=False)
     net = initial_net(model_config, config, resume)
