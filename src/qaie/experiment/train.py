@@ -425,8 +425,14 @@ def _quiet_lightning() -> Iterator[None]:
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
+    ignored = (
+        ".*does not have many workers.*",
+        ".*exists and is not empty.*",
+        ".*LeafSpec.*",
+        ".*module\\(s\\) in eval mode.*",  # the distillation teacher, frozen on purpose
+    )
     with warnings.catch_warnings():
-        for message in (".*does not have many workers.*", ".*exists and is not empty.*", ".*LeafSpec.*"):
+        for message in ignored:
             warnings.filterwarnings("ignore", message=message)
         try:
             yield
