@@ -289,6 +289,7 @@ class EnhanceModule(L.LightningModule):
         self.train_loss = MeanMetric()  # epoch means, synchronised across DDP ranks
         self.val_psnr = MeanMetric()
         self.val_ssim = MeanMetric()
+        self.learned_scales: list[torch.Tensor] = []  # --learn-ranges: set by configure_optimizers
 
     def targets(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input, target): the data's target, or the teacher's output on the input."""
@@ -312,6 +313,18 @@ class EnhanceModule(L.LightningModule):
             from qaie.quant.quantize import freeze_observers
 
             freeze_observers(self.net)
+
+    def on_after_backward(self) -> None:
+        """Under DDP, the learned scales' gradients averaged over the ranks, as DDP does the
+        weights': the scales are buffers, which it does not reduce, so each rank would step on
+        its own and the next forward would broadcast rank 0's, dropping the other ranks' data."""
+        scales = self.learned_scales
+        if not scales or self.trainer.world_size == 1:
+            return
+        grads = torch.cat([torch.zeros_like(s) if s.grad is None else s.grad for s in scales])
+        mean = self.trainer.strategy.reduce(grads, reduce_op="mean")
+        for scale, grad in zip(scales, mean.split([s.numel() for s in scales]), strict=True):
+            scale.grad = grad.view_as(scale).clone()
 
     def on_train_batch_end(self, *_args: Any) -> None:
         if self.config.learn_ranges is not None:
@@ -345,7 +358,8 @@ class EnhanceModule(L.LightningModule):
         if self.config.learn_ranges is not None:
             from qaie.quant.quantize import learn_scales
 
-            groups.append({"params": learn_scales(self.net), "lr": self.config.learn_ranges})
+            self.learned_scales = learn_scales(self.net)
+            groups.append({"params": self.learned_scales, "lr": self.config.learn_ranges})
         optimizer = torch.optim.Adam(groups, lr=self.config.lr)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = self.config.warmup_epochs * max(1, total // self.config.epochs)
