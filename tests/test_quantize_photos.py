@@ -85,7 +85,7 @@ def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, c
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "fidelity to FP32 on 2 held-out windows" in printed
     result = json.loads(report.read_text())
-    assert result["test_photos"] == 2
+    assert result["test_photos"] == 1 and result["test_windows"] == 2
     validation = result["validation_psnr"]  # QAT's best epoch is used only if it beats PTQ there
     assert validation.keys() == {"ptq", "qat"} and "chosen on the validation photos" in printed
     chosen = "qat/best.ckpt" if validation["qat"] > validation["ptq"] else "ptq.ckpt"

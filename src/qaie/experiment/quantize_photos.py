@@ -107,6 +107,7 @@ class QuantizeResult:
     ptq_fidelity: FidelityResult | None = None  # with QAT: the PTQ file's, for comparison
     validation: dict[str, float] = field(default_factory=dict)  # with QAT: "ptq"/"qat" -> val PSNR
     minutes: dict[str, float] = field(default_factory=dict)
+    crops: int = 1  # windows per photo: fidelity.n_images counts windows
 
 
 def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
@@ -170,7 +171,9 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     measured = fidelity(tflite_predictor(config.out), str(config.out), config, "test")
     parity = run_parity(chosen, config.out, config.data, limit=2)
     minutes["measure"] = (time.perf_counter() - started) / 60
-    return QuantizeResult(config.out, chosen, measured, parity, ptq_fidelity, validation, minutes)
+    return QuantizeResult(
+        config.out, chosen, measured, parity, ptq_fidelity, validation, minutes, config.crops
+    )
 
 
 def export_file(checkpoint: Path, out: Path, size: Size) -> None:
@@ -206,7 +209,8 @@ def summary(result: QuantizeResult) -> dict:
         "checkpoint": str(result.checkpoint),
         "fidelity_psnr": result.fidelity.psnr,
         "fidelity_ssim": result.fidelity.ssim,
-        "test_photos": result.fidelity.n_images,
+        "test_photos": result.fidelity.n_images // result.crops,
+        "test_windows": result.fidelity.n_images,
         "parity_psnr": result.parity.overall.psnr,
         "parity_max_abs_lsb": result.parity.overall.max_abs_lsb,
         "minutes": result.minutes,
