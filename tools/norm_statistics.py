@@ -4,9 +4,11 @@ on held-out photos, with the quantization after chosen norm ops switched off (do
 
 The checkpoint's quantized reference model (`quantize.convert`, computed in float by PyTorch)
 loses the quantize/dequantize pair after each chosen op of every InstanceNorm, so that op's
-float value passes on; every other tensor stays int8. `stats`: both means, the square, var + eps
-and rsqrt; `centered`: x - mean; `OPS:NORM` only in the norm of that module path (e.g.
-`stats:refine2.norm`). Each choice is scored on the validation and test photos of
+float value passes on; every other tensor stays int8. One op each: `mean` (both means: the mean
+and the variance), `square` ((x - mean)^2), `eps` (var + eps), `rsqrt`, `scaled` ((x - mean) x
+rstd, the norm's output before its affine), `centered` (x - mean); `stats` is the first five
+(the tables of docs/results.md that say "the statistics" measured this, the scaled map
+included); `OPS:NORM` only in the norm of that module path (e.g. `stats:refine2.norm`). Each choice is scored on the validation and test photos of
 `qaie quantize`'s split (a hash of the names) at --size, as PSNR of the output rounded to 8 bits
 against the FP32 checkpoint's output, per photo. The output's mean error per photo (in LSB) and
 the share of the squared error it makes show a shift of the whole image. `--crops N` scores N
@@ -33,10 +35,22 @@ from qaie.runtime.litert import parse_size
 
 aten = torch.ops.aten
 QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
-OPS = {
-    "stats": {aten.mean.dim, aten.mul.Tensor, aten.add.Tensor, aten.rsqrt.default},
-    "centered": {aten.sub.Tensor},
-}
+GROUPS = {"stats": {"mean", "square", "eps", "rsqrt", "scaled"}}
+
+
+def op_kind(node: torch.fx.Node) -> str | None:
+    """Which op of an InstanceNorm's chain `node` is (see the module docstring)."""
+    if node.op != "call_function":
+        return None
+    if node.target == aten.mul.Tensor:
+        return "square" if node.args[0] is node.args[1] else "scaled"
+    kinds = {
+        aten.mean.dim: "mean",
+        aten.add.Tensor: "eps",
+        aten.rsqrt.default: "rsqrt",
+        aten.sub.Tensor: "centered",
+    }
+    return kinds.get(node.target)
 
 
 def norm_of(node: torch.fx.Node) -> str | None:
@@ -49,13 +63,13 @@ def norm_of(node: torch.fx.Node) -> str | None:
 def float_norm_ops(prepared: GraphModule, choice: str) -> tuple[GraphModule, int]:
     """The reference model with the chosen norm ops' outputs unquantized; how many were."""
     names, _, only = choice.partition(":")
-    ops = set().union(*(OPS[name] for name in names.split(",") if name != "none"))
+    kinds = set().union(*(GROUPS.get(name, {name}) for name in names.split(",") if name != "none"))
     converted = convert(prepared)
     count = 0
     for node in list(converted.graph.nodes):
         if node.target is QUANTIZE:
             source = node.args[0]
-            norm = norm_of(source) if source.op == "call_function" and source.target in ops else None
+            norm = norm_of(source) if op_kind(source) in kinds else None
             if norm is not None and norm.startswith(only):
                 for dequantize in list(node.users):
                     dequantize.replace_all_uses_with(source)
@@ -71,7 +85,9 @@ def main() -> None:
     parser.add_argument("checkpoint", help="a PTQ or QAT checkpoint")
     parser.add_argument("fp32", help="the FP32 checkpoint it was made from")
     parser.add_argument(
-        "choices", nargs="+", help="none, stats, centered, a comma-joined mix; :NORM for one norm"
+        "choices",
+        nargs="+",
+        help="none, stats, or ops (mean, square, eps, rsqrt, scaled, centered), comma-joined; :NORM for one norm",
     )
     parser.add_argument("--photos", required=True)
     parser.add_argument("--size", required=True, help="HxW, as given to qaie quantize")
