@@ -7,10 +7,11 @@ loses the quantize/dequantize pair after each chosen op of every InstanceNorm, s
 float value passes on; every other tensor stays int8. One op each: `mean` (both means: the mean
 and the variance), `square` ((x - mean)^2), `eps` (var + eps), `rsqrt`, `scaled` ((x - mean) x
 rstd, the norm's output before its affine), `centered` (x - mean); `stats` is the first five
-(the tables of docs/results.md that say "the statistics" measured this, the scaled map
-included); `OPS:NORM` only in the norm of that module path (e.g. `stats:refine2.norm`). Each choice is scored on the validation and test photos of
-`qaie quantize`'s split (a hash of the names) at --size, as PSNR of the output rounded to 8 bits
-against the FP32 checkpoint's output, per photo. The output's mean error per photo (in LSB) and
+(what the tables of docs/results.md labelled "the statistics" measured, the scaled map
+included); `OPS:NORM` only in the norm of that module path (e.g. `stats:refine2.norm`). Each
+choice is scored on the validation and test photos of `qaie quantize`'s split (a hash of the
+names) at --size, as PSNR of the output rounded to 8 bits against the FP32 checkpoint's output,
+per photo. The output's mean error per photo (in LSB) and
 the share of the squared error it makes show a shift of the whole image. `--crops N` scores N
 windows per photo (patches, as `qaie quantize --crops`): their mean and worst PSNR.
 
@@ -87,7 +88,8 @@ def main() -> None:
     parser.add_argument(
         "choices",
         nargs="+",
-        help="none, stats, or ops (mean, square, eps, rsqrt, scaled, centered), comma-joined; :NORM for one norm",
+        help="none, stats, or ops (mean, square, eps, rsqrt, scaled, centered), comma-joined; "
+        ":NORM for one norm",
     )
     parser.add_argument("--photos", required=True)
     parser.add_argument("--size", required=True, help="HxW, as given to qaie quantize")
