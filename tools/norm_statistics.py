@@ -11,9 +11,9 @@ rstd, the norm's output before its affine), `centered` (x - mean); `stats` is th
 included); `OPS:NORM` only in the norm of that module path (e.g. `stats:refine2.norm`). Each
 choice is scored on the validation and test photos of `qaie quantize`'s split (a hash of the
 names) at --size, as PSNR of the output rounded to 8 bits against the FP32 checkpoint's output,
-per photo. The output's mean error per photo (in LSB) and
-the share of the squared error it makes show a shift of the whole image. `--crops N` scores N
-windows per photo (patches, as `qaie quantize --crops`): their mean and worst PSNR.
+per photo. The output's mean error per photo (in LSB) and the share of the squared error it
+makes show a shift of the whole image. `--crops N` scores N windows per photo (patches, as
+`qaie quantize --crops`): their mean and worst PSNR.
 
     python tools/norm_statistics.py runs/official/q/work/ptq.ckpt runs/official/fp32.ckpt \\
         --photos ../shared/data/dped-iphone-fullsize --size 1920x1080 none stats stats,centered

@@ -91,10 +91,8 @@ def _run_quantize(args: argparse.Namespace) -> None:
     f, p = result.fidelity, result.parity.overall
     print(f"wrote {result.out} (INT8 of {result.checkpoint})")
     held_out = f"{f.n_images} held-out photos"
-    if args.crops > 1:
-        held_out = (
-            f"{f.n_images} held-out windows ({args.crops} of each of {f.n_images // args.crops} photos)"
-        )
+    if result.crops > 1:
+        held_out = f"{f.n_images} held-out windows ({result.crops} of each of {result.test_photos} photos)"
     print(f"  fidelity to FP32 on {held_out} at {args.size}: PSNR {f.psnr:.2f} dB  SSIM {f.ssim:.4f}")
     if result.ptq_fidelity is not None:
         print(f"  (PTQ alone: PSNR {result.ptq_fidelity.psnr:.2f} dB)")

@@ -109,6 +109,10 @@ class QuantizeResult:
     minutes: dict[str, float] = field(default_factory=dict)
     crops: int = 1  # windows per photo: fidelity.n_images counts windows
 
+    @property
+    def test_photos(self) -> int:
+        return self.fidelity.n_images // self.crops
+
 
 def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     """PTQ, label-free QAT, export and measurement (module docstring)."""
@@ -209,7 +213,7 @@ def summary(result: QuantizeResult) -> dict:
         "checkpoint": str(result.checkpoint),
         "fidelity_psnr": result.fidelity.psnr,
         "fidelity_ssim": result.fidelity.ssim,
-        "test_photos": result.fidelity.n_images // result.crops,
+        "test_photos": result.test_photos,
         "test_windows": result.fidelity.n_images,
         "parity_psnr": result.parity.overall.psnr,
         "parity_max_abs_lsb": result.parity.overall.max_abs_lsb,
