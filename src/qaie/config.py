@@ -25,6 +25,9 @@ class ModelConfig:
         fusion_refiners: refinement blocks after each decoder fusion (ablation: 3x3 conv).
         output_residual: predict y = clamp(x + delta) (ablation: y = clamp(delta)).
         relu_slope: negative slope of every LeakyReLU.
+        norm_passes: 2 makes every InstanceNorm take its statistics a second time, from its
+            normalised map (`qaie.nn.model.InstanceNorm`): the same function in float, int8
+            statistics fitted to each map once quantized. The weights do not change.
     """
 
     width: int = 32
@@ -32,10 +35,13 @@ class ModelConfig:
     fusion_refiners: bool = True
     output_residual: bool = True
     relu_slope: float = 0.2
+    norm_passes: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.width, int) or self.width < 1:
             raise QaieError(f"width must be a positive integer, got {self.width!r}")
+        if self.norm_passes not in (1, 2):
+            raise QaieError(f"norm_passes must be 1 or 2, got {self.norm_passes!r}")
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -50,6 +50,7 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         help="windows of --size per photo for calibration, QAT, validation and test (default 1; e.g. 64 "
         "for 100x100 patches)",
     )
+    add_norm_passes(p)
     p.add_argument("--test-limit", type=int, help="fidelity on the first N test photos only")
     p.add_argument("--json", metavar="OUT", help="also write the numbers as JSON to OUT")
     p.set_defaults(handler=_run_quantize)
@@ -86,6 +87,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
         learn_ranges=RANGES_LR if args.learn_ranges is None else args.learn_ranges or None,
         crops=args.crops,
         test_limit=args.test_limit,
+        norm_passes=args.norm_passes,
     )
     result = quantize_from_photos(config)
     f, p = result.fidelity, result.parity.overall
@@ -126,9 +128,21 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="first bring each norm's input channels to one range (the same function; as `qaie quantize` "
         "does): for models whose flat photos lose their norm statistics, e.g. imported ones",
     )
+    add_norm_passes(p)
     p.add_argument("--out", required=True, help="PTQ checkpoint to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(handler=_run_calibrate)
+
+
+def add_norm_passes(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--norm-passes",
+        type=int,
+        choices=(1, 2),
+        help="2: each norm takes its statistics a second time from its normalised map, the same FP32 "
+        "function with int8 statistics fitted to each map (default: the checkpoint's; docs/results.md, "
+        "'Norms in two passes')",
+    )
 
 
 def _run_calibrate(args: argparse.Namespace) -> None:
@@ -148,6 +162,7 @@ def _run_calibrate(args: argparse.Namespace) -> None:
         crop=crop,
         seed=args.seed,
         equalize=args.equalize,
+        norm_passes=args.norm_passes,
     )
     equalized = ", norm inputs equalized" if args.equalize else ""
     print(f"wrote {args.out} (PTQ, {args.images} training crops of {args.data}{equalized})")

@@ -23,6 +23,7 @@ validation (checkpoint choice) and test (the reported fidelity) never share a ph
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class QuantizeConfig:
             (for a size much smaller than the photos, e.g. 100x100 patches); 1: one frame each,
             the centre one for validation and test.
         test_limit: report fidelity on the first N test photos only.
+        norm_passes: 2 quantizes the norms in two passes (`qaie.nn.model.SecondPass`): the same
+            FP32 function, int8 statistics fitted to each map; None keeps the checkpoint's.
     """
 
     checkpoint: Path
@@ -80,6 +83,7 @@ class QuantizeConfig:
     learn_ranges: float | None = RANGES_LR
     crops: int = 1
     test_limit: int | None = None
+    norm_passes: int | None = None
 
     def __post_init__(self) -> None:
         if registry.find(self.out) is None:
@@ -133,7 +137,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     if not ptq.exists():
         calibrate_checkpoint(
             config.checkpoint, config.data, ptq, images=photos["train"] * config.crops, crop=config.size,
-            held_out=True, equalize=True,
+            held_out=True, equalize=True, norm_passes=config.norm_passes,
         )  # fmt: skip
     minutes["ptq"] = (time.perf_counter() - started) / 60
 
@@ -157,7 +161,10 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
             learn_ranges=config.learn_ranges,
         )
         run = config.work / "qat"
-        result = train(loaded.config, qat, run, resume=(run / "last.ckpt").exists())
+        model = dataclasses.replace(
+            loaded.config, norm_passes=config.norm_passes or loaded.config.norm_passes
+        )
+        result = train(model, qat, run, resume=(run / "last.ckpt").exists())
         candidates = {"ptq": ptq, "qat": result.best}
         validation = {
             k: fidelity(checkpoint_predictor(c), str(c), config, "val").psnr for k, c in candidates.items()

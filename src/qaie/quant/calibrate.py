@@ -6,6 +6,7 @@ Apart from the quantizer (`quantize`) because it reads data and checkpoints, whi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 
@@ -68,12 +69,16 @@ def calibrate_checkpoint(
     seed: int = 0,
     held_out: bool = False,
     equalize: bool = False,
+    norm_passes: int | None = None,
 ) -> GraphModule:
     """PTQ as a checkpoint: the FP32 checkpoint `source` prepared, calibrated on `images`
     training crops of `data`, saved to `out` (reloads like a QAT checkpoint; `qaie export`
     and `qaie parity` take it). No training. `equalize`: the norms' input channels first
-    brought to one range on the same crops (`qaie.quant.equalize`; the saved weights are those)."""
+    brought to one range on the same crops (`qaie.quant.equalize`; the saved weights are those).
+    `norm_passes`: the norms' form to quantize (`ModelConfig.norm_passes`; default the checkpoint's)."""
     loaded = load_model(source)
+    if norm_passes is not None and loaded.quant is None:
+        loaded = load_model(source, expect=dataclasses.replace(loaded.config, norm_passes=norm_passes))
     if loaded.quant is not None:
         raise QaieError(f"{source}: already quantized ({loaded.quant}); PTQ starts from an FP32 checkpoint")
     batches = calibration_batches(data, images=images, crop=crop, seed=seed, held_out=held_out)

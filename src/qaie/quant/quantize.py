@@ -22,7 +22,10 @@ quantized output, so the LiteRT converter lowers the whole graph to int8 kernels
   rounds about 13% of its outputs differently), and its slope becomes the 8-bit fixed-point
   value XNNPACK multiplies by (0.2 -> 51/256): then both halves are exact;
 - rsqrt(var + eps): in QAT a var + eps that rounds to 0 makes rsqrt saturate at the top of
-  its range, as TFLite's RSQRT does (`RsqrtInputFakeQuantize`), without an inf.
+  its range, as TFLite's RSQRT does (`RsqrtInputFakeQuantize`), without an inf;
+- a norm's second pass (`qaie.nn.model.SecondPass`): its statistics are 0 and 1 in float, so
+  no observer could find their ranges; they get fixed ones around those values
+  (`SECOND_PASS_RANGES`).
 
 PTQ uses observers, QAT plain ``FakeQuantize`` (never the fused variant: it computes weight
 scales as amax/127.5 while the converter uses amax/127). Both graphs have the same observer
@@ -46,11 +49,11 @@ from torch.export import Dim
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e import (
     FakeQuantize,
-    FixedQParamsFakeQuantize,
     disable_observer,
     enable_observer,
 )
 from torchao.quantization.pt2e.observer import (
+    FixedQParamsObserver,
     HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
@@ -72,6 +75,7 @@ from qaie.config import ModelConfig
 from qaie.nn.model import EnhanceNet
 from qaie.progress import progress
 from qaie.quant import phases as phase_form
+from qaie.quant.fxgraph import is_op
 
 QuantMode = Literal["qat", "ptq"]
 aten = torch.ops.aten
@@ -86,6 +90,12 @@ TANH_ZERO_POINT = 0
 PTQ_AVERAGING = 0.1  # PTQ's moving-average constant (torch's default 0.01 lets the first batch decide)
 # rsqrt of it (1e6) is above any rsqrt range, since var + eps >= eps (1e-5); its gradient stays finite
 SATURATING_INPUT = 1e-12
+# Fixed (low, high) ranges of a second pass's statistics, whose values are k^2 and 1/k for a first
+# pass whose rstd is off by k. In the first norm of the official weights on 100x100 patches
+# (PTQ), k^2 was 0.66-1.38 from the 1st to the 95th percentile of channels, but 33 at the 99th
+# (flat channels whose first rstd saturated; they clip here), and the means were within +-0.12
+# (1st-99th). Chosen among five on the validation patches (docs/results.md, "Norms in two passes").
+SECOND_PASS_RANGES = {"mean": (-0.5, 0.5), "var": (0.0, 4.0), "rstd": (0.0, 2.0)}
 _META_KEY = "qaie"  # GraphModule.meta entry holding {"config": ModelConfig, "mode": QuantMode}
 
 
@@ -149,6 +159,7 @@ class QuantSpecs:
     weight: QuantizationSpec
     io: FixedQParamsQuantizationSpec
     tanh: FixedQParamsQuantizationSpec
+    second: dict[str, QuantizationSpecBase]  # a second pass's statistics: mean, var, var + eps, rstd
 
     @classmethod
     def build(cls, qat: bool) -> QuantSpecs:
@@ -195,7 +206,23 @@ class QuantSpecs:
             qscheme=torch.per_tensor_affine,
         )
         tanh = dataclasses.replace(io, scale=TANH_SCALE, zero_point=TANH_ZERO_POINT)
-        return cls(activation, statistic, rsqrt_input, weight, io, tanh)
+
+        def fixed(name: str) -> FixedQParamsQuantizationSpec:
+            low, high = SECOND_PASS_RANGES[name]
+            scale = (high - low) / 255
+            return dataclasses.replace(io, scale=scale, zero_point=round(-128 - low / scale))
+
+        var = fixed("var")
+        # var + eps of the second pass: fixed, and never 0 in QAT as the first pass's
+        fixed_var = FixedQParamsObserver.with_args(scale=var.scale, zero_point=var.zero_point)
+        var_eps = dataclasses.replace(
+            activation,
+            observer_or_fake_quant_ctr=RsqrtInputFakeQuantize.with_args(observer=fixed_var)
+            if qat
+            else fixed_var,
+        )
+        second = {"mean": fixed("mean"), "var": var, "var_eps": var_eps, "rstd": fixed("rstd")}
+        return cls(activation, statistic, rsqrt_input, weight, io, tanh, second)
 
 
 # --- annotators: one per kind of op ---------------------------------------------------------------
@@ -252,9 +279,20 @@ def annotate_elementwise(node: Node, specs: QuantSpecs) -> None:
     _set(node, {a: _input_spec(a, specs) for a in _tensor_args(node)}, specs.activation)
 
 
+def _in_second_pass(node: Node) -> bool:
+    """Whether `node` computes a norm's second pass (`qaie.nn.model.SecondPass`)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return bool(stack) and str(list(stack.values())[-1][1]).endswith("SecondPass")
+
+
 def annotate_statistic(node: Node, specs: QuantSpecs) -> None:
-    """A norm's mean or variance (the mean over H, W): the statistic's own observer."""
-    _set(node, {a: _input_spec(a, specs) for a in _tensor_args(node)}, specs.statistic)
+    """A norm's mean or variance (the mean over H, W): the statistic's own observer; a second
+    pass's its fixed range (the variance is the mean of a square)."""
+    output = specs.statistic
+    if _in_second_pass(node):
+        x = node.args[0]
+        output = specs.second["var" if is_op(x, aten.mul.Tensor) and x.args[0] is x.args[1] else "mean"]
+    _set(node, {a: _input_spec(a, specs) for a in _tensor_args(node)}, output)
 
 
 def annotate_tanh(node: Node, specs: QuantSpecs) -> None:
@@ -267,8 +305,9 @@ def annotate_rsqrt(node: Node, specs: QuantSpecs) -> None:
     """rsqrt(var + eps): the op computing var + eps gets the never-zero input quantization."""
     x = node.args[0]
     assert len(x.users) == 1 and _annotation(x) is not None, f"{x.name}: rsqrt input must be an op"
-    _annotation(x).output_qspec = specs.rsqrt_input
-    _set(node, {x: SharedQuantizationSpec(x)}, specs.activation)
+    second = _in_second_pass(node)
+    _annotation(x).output_qspec = specs.second["var_eps"] if second else specs.rsqrt_input
+    _set(node, {x: SharedQuantizationSpec(x)}, specs.second["rstd"] if second else specs.activation)
 
 
 def annotate_passthrough(node: Node, specs: QuantSpecs) -> None:
@@ -559,8 +598,8 @@ def adopt_ranges(fake_quant: GraphModule, observed: GraphModule) -> None:
     ours, theirs = _watchers(fake_quant), _watchers(observed)
     assert ours.keys() == theirs.keys(), "graphs of different networks"
     for node, fq in ours.items():
-        if isinstance(fq, FixedQParamsFakeQuantize):
-            continue
+        if isinstance(fq.activation_post_process, FixedQParamsObserver):
+            continue  # fixed by the quantizer (I/O, tanh, a second pass's statistics)
         source = getattr(theirs[node], "activation_post_process", theirs[node])  # QAT's, or PTQ's observer
         fq.activation_post_process.min_val = source.min_val.clone()
         fq.activation_post_process.max_val = source.max_val.clone()

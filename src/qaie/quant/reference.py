@@ -70,8 +70,8 @@ def exact_ops(converted: GraphModule) -> GraphModule:
 
 
 def exact_statistics(converted: GraphModule) -> GraphModule:
-    """Each norm's mean and rstd computed by `qaie.runtime.wholephoto.norm_statistics` from the
-    int8 map's codes, in place. An FP32 graph is returned as it is."""
+    """Each norm's statistics (mean and rstd, and a second pass's) computed by
+    `qaie.runtime.wholephoto.norm_statistics` from the int8 map's codes, in place. An FP32 graph is returned as it is."""
     graph = converted.graph
     for norm in find_norms(graph, converted):
         chain = norm.chain()
@@ -80,12 +80,11 @@ def exact_statistics(converted: GraphModule) -> GraphModule:
         codes = value_of(norm.input)
         with graph.inserting_after(codes):
             stats = graph.call_function(_norm_statistics, (codes, {"eps": norm.eps, "chain": chain}))
-        with graph.inserting_after(stats):
-            mean = graph.call_function(operator.getitem, (stats, 0))
-        with graph.inserting_after(mean):
-            rstd = graph.call_function(operator.getitem, (stats, 1))
-        read_from(graph, norm.mean, mean)
-        read_from(graph, norm.rstd, rstd)
+        last = stats
+        for name, node in norm.statistics().items():
+            with graph.inserting_after(last):
+                last = graph.call_function(operator.getitem, (stats, name))
+            read_from(graph, node, last)
     graph.eliminate_dead_code()
     converted.recompile()
     return converted
@@ -144,14 +143,14 @@ def _table(low: int, scale: float, zero: int) -> Tensor:
     return torch.tensor([math.tanh(v) for v in inputs.tolist()], dtype=torch.float32)
 
 
-def _norm_statistics(codes: Tensor, norm: dict) -> tuple[Tensor, Tensor]:
-    """(N, C, H, W) int8 codes -> the (N, C, 1, 1) mean and rstd of each sample's channels."""
+def _norm_statistics(codes: Tensor, norm: dict) -> dict[str, Tensor]:
+    """(N, C, H, W) int8 codes -> the (N, C, 1, 1) statistics of each sample's channels, by name."""
     quant = Codec(np.dtype(np.int8), *norm["chain"]["input"])
     per_sample = [norm_statistics(c.permute(1, 2, 0).numpy(), quant, norm) for c in codes]
-    mean, rstd = (
-        torch.tensor(np.stack(s), dtype=torch.float32)[..., None, None] for s in zip(*per_sample, strict=True)
-    )
-    return mean, rstd
+    return {
+        name: torch.tensor(np.stack([s[name] for s in per_sample]), dtype=torch.float32)[..., None, None]
+        for name in per_sample[0]
+    }
 
 
 class TorchStageRunner:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import string
 from dataclasses import dataclass, field
 
 import torch
@@ -77,6 +78,26 @@ def _qparams(node: Node) -> list[float] | None:
 
 
 @dataclass
+class _SecondPass:
+    """A norm's statistics taken again from y = centered x rstd (`qaie.nn.model.SecondPass`)."""
+
+    scaled: Node  # y
+    mean: Node
+    centered: Node
+    square: Node
+    var: Node
+    rstd_square: Node  # rstd^2 of the first pass
+    eps_rstd: Node  # eps x rstd^2
+    var_eps: Node
+    rstd: Node
+    eps_q: list[float] | None
+
+    def chain(self) -> dict:
+        steps = ("scaled", "mean", "centered", "square", "var", "rstd_square", "eps_rstd", "var_eps", "rstd")
+        return {s: _qparams(getattr(self, s)) for s in steps} | {"eps": self.eps_q}
+
+
+@dataclass
 class _Norm:
     input: Node  # the feature map normalised (a conv output)
     mean: Node  # mean over H, W
@@ -87,6 +108,14 @@ class _Norm:
     rstd: Node
     eps: float
     eps_q: list[float] | None
+    second: _SecondPass | None = None
+
+    def statistics(self) -> dict[str, Node]:
+        """The statistics the rest of the graph reads, by the name a stage takes them under."""
+        stats = {"mean": self.mean, "rstd": self.rstd}
+        if self.second is not None:
+            stats |= {"mean_second": self.second.mean, "rstd_second": self.second.rstd}
+        return stats
 
     def chain(self) -> dict | None:
         """The quantization of each step of the statistics; None for an FP32 graph."""
@@ -94,32 +123,57 @@ class _Norm:
         params = {s: _qparams(getattr(self, s)) for s in steps}
         if params["mean"] is None:
             return None
-        return {**params, "eps": self.eps_q}
+        second = {"second": self.second.chain()} if self.second is not None else {}
+        return {**params, "eps": self.eps_q, **second}
+
+
+def _constant(arg: Node | float, owner: nn.Module) -> tuple[float, list[float] | None]:
+    """A scalar constant of a norm (its eps) and, in a quantized graph, its [scale, zero]."""
+    q = None
+    if is_op(arg, DEQUANTIZE):  # a quantized constant: q(get_attr) -> dq
+        quantize = arg.args[0]
+        q = [float(quantize.args[1]), int(quantize.args[2])]
+        arg = quantize.args[0]
+    return (float(getattr(owner, arg.target)) if isinstance(arg, Node) else float(arg)), q
+
+
+def _statistics(rstd: Node) -> tuple[Node, ...]:
+    """rsqrt(mean((y - mean(y))^2) + t) back to (y, mean(y), y - mean(y), its square, the
+    variance, var + t, t)."""
+    var_eps = _producer(rstd.args[0])
+    var = _producer(var_eps.args[0])
+    square = _producer(var.args[0])
+    centered = _producer(square.args[0])
+    mean = _producer(centered.args[1])
+    y = _producer(centered.args[0])
+    assert is_op(var_eps, aten.add.Tensor) and is_op(var, aten.mean.dim), var_eps
+    assert is_op(square, aten.mul.Tensor) and is_op(centered, aten.sub.Tensor), square
+    assert is_op(mean, aten.mean.dim) and _producer(mean.args[0]) is y, mean
+    return y, mean, centered, square, var, var_eps, var_eps.args[1]
 
 
 def find_norms(graph: Graph, owner: nn.Module) -> list[_Norm]:
-    """Each InstanceNorm, from its rsqrt back: rsqrt(mean((x - mean(x))^2) + eps)."""
-    norms = []
+    """Each InstanceNorm, from its rsqrt back: rsqrt(mean((x - mean(x))^2) + eps); with its
+    second pass, rsqrt(mean((y - mean(y))^2) + eps x rstd^2) for y = (x - mean(x)) x rstd."""
+    norms, seconds = [], {}
     for rsqrt in graph.nodes:
         if not is_op(rsqrt, aten.rsqrt.default):
             continue
-        var_eps = _producer(rsqrt.args[0])
-        var = _producer(var_eps.args[0])
-        square = _producer(var.args[0])
-        centered = _producer(square.args[0])
-        mean = _producer(centered.args[1])
-        x = _producer(centered.args[0])
-        assert is_op(var_eps, aten.add.Tensor) and is_op(var, aten.mean.dim), var_eps
-        assert is_op(square, aten.mul.Tensor) and is_op(centered, aten.sub.Tensor), square
-        assert is_op(mean, aten.mean.dim) and _producer(mean.args[0]) is x, mean
-        eps_arg = var_eps.args[1]
-        eps_q = None
-        if is_op(eps_arg, DEQUANTIZE):  # a quantized constant: q(get_attr) -> dq
-            q = eps_arg.args[0]
-            eps_q = [float(q.args[1]), int(q.args[2])]
-            eps_arg = q.args[0]
-        eps = float(getattr(owner, eps_arg.target)) if isinstance(eps_arg, Node) else float(eps_arg)
+        x, mean, centered, square, var, var_eps, eps_arg = _statistics(rsqrt)
+        eps_rstd = _producer(eps_arg)
+        if is_op(eps_rstd, aten.mul.Tensor):  # a second pass: eps x (rstd x rstd)
+            rstd_square = _producer(eps_rstd.args[0])
+            first = _producer(rstd_square.args[0])
+            assert is_op(rstd_square, aten.mul.Tensor) and is_op(first, aten.rsqrt.default), eps_rstd
+            assert is_op(x, aten.mul.Tensor) and _producer(x.args[1]) is first, x
+            parts = (x, mean, centered, square, var, rstd_square, eps_rstd, var_eps, rsqrt)
+            seconds[first] = _SecondPass(*parts, _constant(eps_rstd.args[1], owner)[1])
+            continue
+        eps, eps_q = _constant(eps_arg, owner)
         norms.append(_Norm(x, mean, centered, square, var, var_eps, rsqrt, eps, eps_q))
+    for norm in norms:
+        norm.second = seconds.pop(norm.rstd, None)
+    assert not seconds, seconds
     return norms
 
 
@@ -141,8 +195,9 @@ def split(module: GraphModule, config: ModelConfig | None = None) -> Stages:
     `module` takes one (1, 3, H, W) image and returns the enhanced image: a torch.export of
     EnhanceNet, or its quantized reference model. The stages it returns take and return
     named NCHW tensors: stage 0 takes the image; stage k (1..5) also takes ``mean{k}`` and
-    ``rstd{k}`` (1, C, 1, 1); the last returns ``enhanced``. With the network's `config`, the
-    meta records the `halo` its windows need (without, the runtime assumes its default).
+    ``rstd{k}`` (1, C, 1, 1), and with a second pass ``mean_second{k}`` and ``rstd_second{k}``;
+    the last returns ``enhanced``. With the network's `config`, the meta records the `halo` its
+    windows need (without, the runtime assumes its default).
     """
     gm = copy.deepcopy(module)
     graph = gm.graph
@@ -158,7 +213,8 @@ def split(module: GraphModule, config: ModelConfig | None = None) -> Stages:
     stat_inputs: dict[Node, int] = {}
     last = next(iter(graph.nodes))
     for k, norm in enumerate(norms, 1):
-        for name, node in ((f"mean{k}", norm.mean), (f"rstd{k}", norm.rstd)):
+        for stat, node in norm.statistics().items():
+            name = f"{stat}{k}"
             with graph.inserting_after(last):
                 placeholder = graph.placeholder(name)
             last = placeholder
@@ -264,7 +320,13 @@ def split(module: GraphModule, config: ModelConfig | None = None) -> Stages:
         "stages": stage_meta,
         "maps": buffers,
         "norms": [
-            {"input": name, "channels": int(n.mean.meta["val"].shape[1]), "eps": n.eps, "chain": chain}
+            {
+                "input": name,
+                "channels": int(n.mean.meta["val"].shape[1]),
+                "eps": n.eps,
+                "passes": 1 if n.second is None else 2,
+                "chain": chain,
+            }
             for name, n, chain in zip(norm_inputs, norms, chains, strict=True)
         ],
     }
@@ -284,8 +346,8 @@ def sample_inputs(meta: dict, stage: int, size: tuple[int, int]) -> dict[str, to
         elif name in meta["maps"]:
             s = meta["maps"][name]["scale"]
             samples[name] = torch.rand(1, meta["maps"][name]["channels"], h // s, w // s)
-        else:  # mean{k} / rstd{k}
-            channels = meta["norms"][int(name[4:]) - 1]["channels"]
+        else:  # a statistic of norm k: mean{k}, rstd{k}, mean_second{k}, rstd_second{k}
+            channels = meta["norms"][int(name.lstrip(string.ascii_letters + "_")) - 1]["channels"]
             samples[name] = torch.rand(1, channels, 1, 1) + 0.5
     return samples
 

@@ -135,11 +135,16 @@ class Histogram:
         return np.roll(self._counts, 128, axis=1) if signed else self._counts.copy()
 
 
-def norm_statistics(values: np.ndarray, quant: Codec, norm: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and 1/sqrt(var + eps) per channel of a whole (H, W, C) map, as real values.
+Statistics = dict[str, np.ndarray]  # by name: mean, rstd (and mean_second, rstd_second), (C,) each
 
-    FP32 (no chain): float64 moments. Quantized: `chain_statistics` of the map's code
-    histogram (a float map of on-grid values, as the PyTorch reference model passes, is
+
+def norm_statistics(values: np.ndarray, quant: Codec, norm: dict) -> Statistics:
+    """Mean and 1/sqrt(var + eps) per channel of a whole (H, W, C) map, as real values, and
+    those of a second pass (`qaie.nn.model.SecondPass`) if the norm has one.
+
+    FP32 (no chain): float64 moments; a second pass then has mean 0 and rstd
+    1/sqrt((var + eps) rstd^2), as it computes them. Quantized: `chain_statistics` of the map's
+    code histogram (a float map of on-grid values, as the PyTorch reference model passes, is
     encoded to its codes first).
     """
     chain = norm["chain"]
@@ -151,7 +156,13 @@ def norm_statistics(values: np.ndarray, quant: Codec, norm: dict) -> tuple[np.nd
             d = flat[start : start + (1 << 16)].astype(np.float64) - mean
             var += (d * d).sum(axis=0)
         var /= len(flat)
-        return mean, 1.0 / np.sqrt(var + norm["eps"])
+        stats = {"mean": mean, "rstd": 1.0 / np.sqrt(var + norm["eps"])}
+        if norm.get("passes", 1) == 2:
+            stats |= {
+                "mean_second": np.zeros_like(mean),
+                "rstd_second": 1.0 / np.sqrt((var + norm["eps"]) * stats["rstd"] ** 2),
+            }
+        return stats
     quant = map_codec(quant, norm)
     histogram = Histogram(values.shape[-1])
     histogram.add(quant.encode(values) if values.dtype != quant.dtype else values)
@@ -163,26 +174,51 @@ def map_codec(quant: Codec, norm: dict) -> Codec:
     return quant if quant.is_int else Codec(np.dtype(np.int8), *norm["chain"]["input"])
 
 
-def chain_statistics(histogram: Histogram, quant: Codec, norm: dict) -> tuple[np.ndarray, np.ndarray]:
+def chain_statistics(histogram: Histogram, quant: Codec, norm: dict) -> Statistics:
     """Mean and rstd per channel of a quantized map from its code histogram: the reference
     model's steps, each rounded to its scale (mean, x - mean, its square, their mean, + eps,
     rsqrt), evaluated on the 256 possible codes weighted by their counts. Both means are sums
     of integer codes, so every CPU computes the same codes (the quantized reference model
-    computes its statistics here too: `qaie.quant.reference.exact_statistics`)."""
+    computes its statistics here too: `qaie.quant.reference.exact_statistics`). A second pass
+    takes the same steps on y = (x - mean) x rstd, a function of x's code, so the same counts
+    weigh it: no second look at the map."""
     chain = norm["chain"]
     signed = quant.dtype.kind == "i"
     counts = histogram.by_code(signed)  # (C, 256)
     lowest = -128 if signed else 0
     codes = np.arange(lowest, lowest + 256)
-    mean = _fake_quant(_exact_mean(counts, codes, [quant.scale, quant.zero_point]), chain["mean"])  # (C,)
-    centered = _fake_quant(quant.decode(codes)[None, :] - mean[:, None], chain["centered"])  # (C, 256)
+    q = [quant.scale, quant.zero_point]
+    eps = _fake_quant(np.float64(norm["eps"]), chain["eps"])
+    mean, rstd, y = _pass(counts, codes, q, quant.decode(codes)[None, :], chain, eps)
+    stats = {"mean": mean, "rstd": rstd}
+    if "second" in chain:
+        second = chain["second"]
+        y_codes = _codes(y, second["scaled"])  # (C, 256): y of each code of x
+        rstd_square = _fake_quant(rstd * rstd, second["rstd_square"])
+        eps_rstd = _fake_quant(
+            rstd_square * _fake_quant(np.float64(norm["eps"]), second["eps"]), second["eps_rstd"]
+        )
+        y = (y_codes - second["scaled"][1]) * second["scaled"][0]
+        stats["mean_second"], stats["rstd_second"], _ = _pass(
+            counts, y_codes, second["scaled"], y, second, eps_rstd
+        )
+    return stats
+
+
+def _pass(
+    counts: np.ndarray, codes: np.ndarray, q: list, values: np.ndarray, chain: dict, eps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass of a norm's statistics over a map given as `counts` of its `codes` on the grid
+    `q` (real `values`): the mean, rstd = 1/sqrt(var + eps), each step rounded as `chain`
+    says, and (x - mean) x rstd of each code, unrounded."""
+    mean = _fake_quant(_exact_mean(counts, codes, q), chain["mean"])  # (C,)
+    centered = _fake_quant(values - mean[:, None], chain["centered"])  # (C, 256)
     square = _codes(centered * centered, chain["square"])
     var = _fake_quant(_exact_mean(counts, square, chain["square"]), chain["var"])
-    eps = _fake_quant(np.float64(norm["eps"]), chain["eps"])
     var_eps = _fake_quant(var + eps, chain["var_eps"])
     with np.errstate(divide="ignore"):
         rstd = _fake_quant(1.0 / np.sqrt(var_eps), chain["rstd"])  # 1/0 -> the largest code
-    return mean, rstd
+    return mean, rstd, centered * rstd[:, None]
 
 
 # --- windows ----------------------------------------------------------------------------------------
@@ -351,20 +387,21 @@ class _Maps:
         self.result = np.empty((*padded, 3), np.uint8)
 
     def statistics(self, stage: int) -> dict[str, np.ndarray]:
-        """The encoded mean and rstd that stage `stage` (> 0) takes: of its norm's whole input map."""
+        """The encoded statistics that stage `stage` (> 0) takes: of its norm's whole input map."""
         norm = self.runner.meta["norms"][stage - 1]
         name = norm["input"]
         quant = self.runner.quant(name)
         if name in self.histograms:
-            mean, rstd = chain_statistics(self.histograms.pop(name), map_codec(quant, norm), norm)
+            stats = chain_statistics(self.histograms.pop(name), map_codec(quant, norm), norm)
         else:
             s = self.scales[name]
             photo = self.maps[name][: -(-self.photo[0] // s), : -(-self.photo[1] // s)]
-            mean, rstd = norm_statistics(photo, quant, norm)
-        return {
-            name: self.runner.quant(name).encode(value.reshape(1, 1, 1, -1))
-            for name, value in ((f"mean{stage}", mean), (f"rstd{stage}", rstd))
-        }
+            stats = norm_statistics(photo, quant, norm)
+        encoded = {}
+        for stat, value in stats.items():
+            key = f"{stat}{stage}"
+            encoded[key] = self.runner.quant(key).encode(value.reshape(1, 1, 1, -1))
+        return encoded
 
     def window(self, name: str, row: AxisWindow, col: AxisWindow, size: Size) -> np.ndarray:
         """Map `name` under a window of `size` at (row.start, col.start) (a view, (1, h, w, C))."""
