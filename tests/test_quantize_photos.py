@@ -12,6 +12,7 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
+from torchao.quantization.pt2e import FixedQParamsFakeQuantize
 
 from qaie.cli import main
 from qaie.config import ModelConfig
@@ -140,7 +141,7 @@ def test_qat_starts_from_ptq_ranges() -> None:
     adopted = 0
     for node, fq in watched.items():
         observer = observers[node]
-        if isinstance(fq, quantize.FixedQParamsFakeQuantize):
+        if isinstance(fq, FixedQParamsFakeQuantize):
             continue
         scale, zero_point = observer.calculate_qparams()
         assert torch.equal(fq.scale, scale) and torch.equal(fq.zero_point, zero_point.to(fq.zero_point)), node
@@ -166,7 +167,7 @@ def test_qat_keeps_a_ptq_checkpoints_ranges(quant_models, photo_folder: Path, tm
     observers = quantize._watchers(load_model(ckpt["ptq"]).net)
     learned = 0
     for node, fq in quantize._watchers(net).items():
-        if isinstance(fq, quantize.FixedQParamsFakeQuantize):
+        if isinstance(fq, FixedQParamsFakeQuantize):
             continue
         scale, _ = observers[node].calculate_qparams()
         assert torch.equal(fq.scale, scale) and not fq.observer_enabled[0], node
@@ -221,7 +222,7 @@ def test_learned_ranges_move_and_reach_the_converted_graph(
     before, after = quantize._watchers(ptq), quantize._watchers(learned)
     moved, kept = set(), set()
     for node, fq in after.items():
-        if isinstance(fq, quantize.FixedQParamsFakeQuantize) or fq.scale.numel() > 1:
+        if isinstance(fq, FixedQParamsFakeQuantize) or fq.scale.numel() > 1:
             continue  # fixed grids; per-channel weights
         scale, zero_point = fq.activation_post_process.calculate_qparams()
         assert torch.allclose(scale, fq.scale, rtol=1e-6) and torch.equal(zero_point, fq.zero_point), node

@@ -71,7 +71,8 @@ def exact_ops(converted: GraphModule) -> GraphModule:
 
 def exact_statistics(converted: GraphModule) -> GraphModule:
     """Each norm's statistics (mean and rstd, and a second pass's) computed by
-    `qaie.runtime.wholephoto.norm_statistics` from the int8 map's codes, in place. An FP32 graph is returned as it is."""
+    `qaie.runtime.wholephoto.norm_statistics` from the int8 map's codes, in place. An FP32
+    graph is returned as it is."""
     graph = converted.graph
     for norm in find_norms(graph, converted):
         chain = norm.chain()
