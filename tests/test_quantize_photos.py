@@ -65,9 +65,10 @@ def test_label_free_targets_are_the_teachers_output(quant_models, photo_folder: 
     assert inputs is x
 
 
-def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("passes", [1, 2])
+def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, capsys, passes: int) -> None:
     """PTQ, one epoch of label-free QAT, export, and the file's fidelity to FP32 on held-out photos
-    (two windows of each: `--crops 2`)."""
+    (two windows of each: `--crops 2`); the norms in one or two passes (`--norm-passes`)."""
     out, report = tmp_path / "m.tflite", tmp_path / "m.json"
     args = ["quantize", str(quant_models.ckpt["fp32"]), "--photos", str(photo_folder), "--size", "128x128"]
     args += [
@@ -81,12 +82,14 @@ def test_quantize_end_to_end(quant_models, photo_folder: Path, tmp_path: Path, c
         "2",
         "--json",
         str(report),
+        "--norm-passes",
+        str(passes),
     ]  # frames of 128x128 pooled to 64x64
     assert main(args) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "fidelity to FP32 on 2 held-out windows" in printed
     result = json.loads(report.read_text())
-    assert result["test_photos"] == 1 and result["test_windows"] == 2
+    assert result["test_photos"] == 1 and result["test_windows"] == 2 and result["norm_passes"] == passes
     validation = result["validation_psnr"]  # QAT's best epoch is used only if it beats PTQ there
     assert validation.keys() == {"ptq", "qat"} and "chosen on the validation photos" in printed
     chosen = "qat/best.ckpt" if validation["qat"] > validation["ptq"] else "ptq.ckpt"

@@ -112,6 +112,7 @@ class QuantizeResult:
     validation: dict[str, float] = field(default_factory=dict)  # with QAT: "ptq"/"qat" -> val PSNR
     minutes: dict[str, float] = field(default_factory=dict)
     crops: int = 1  # windows per photo: fidelity.n_images counts windows
+    norm_passes: int = 1  # the quantized norms' form (ModelConfig.norm_passes)
 
     @property
     def test_photos(self) -> int:
@@ -131,6 +132,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     }
     config.work.mkdir(parents=True, exist_ok=True)
     minutes: dict[str, float] = {}
+    passes = config.norm_passes or loaded.config.norm_passes
 
     started = time.perf_counter()
     ptq = config.work / "ptq.ckpt"
@@ -161,9 +163,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
             learn_ranges=config.learn_ranges,
         )
         run = config.work / "qat"
-        model = dataclasses.replace(
-            loaded.config, norm_passes=config.norm_passes or loaded.config.norm_passes
-        )
+        model = dataclasses.replace(loaded.config, norm_passes=passes)
         result = train(model, qat, run, resume=(run / "last.ckpt").exists())
         candidates = {"ptq": ptq, "qat": result.best}
         validation = {
@@ -183,7 +183,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     parity = run_parity(chosen, config.out, config.data, limit=2)
     minutes["measure"] = (time.perf_counter() - started) / 60
     return QuantizeResult(
-        config.out, chosen, measured, parity, ptq_fidelity, validation, minutes, config.crops
+        config.out, chosen, measured, parity, ptq_fidelity, validation, minutes, config.crops, passes
     )
 
 
@@ -222,6 +222,7 @@ def summary(result: QuantizeResult) -> dict:
         "fidelity_ssim": result.fidelity.ssim,
         "test_photos": result.test_photos,
         "test_windows": result.fidelity.n_images,
+        "norm_passes": result.norm_passes,
         "parity_psnr": result.parity.overall.psnr,
         "parity_max_abs_lsb": result.parity.overall.max_abs_lsb,
         "minutes": result.minutes,
