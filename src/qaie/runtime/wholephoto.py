@@ -189,7 +189,7 @@ def chain_statistics(histogram: Histogram, quant: Codec, norm: dict) -> Statisti
     codes = np.arange(lowest, lowest + 256)
     q = [quant.scale, quant.zero_point]
     eps = _fake_quant(np.float64(norm["eps"]), chain["eps"])
-    mean, rstd, y = _pass(counts, codes, q, quant.decode(codes)[None, :], chain, eps)
+    mean, rstd, y = _pass(counts, codes, q, chain, eps)
     stats = {"mean": mean, "rstd": rstd}
     if "second" in chain:
         second = chain["second"]
@@ -198,21 +198,21 @@ def chain_statistics(histogram: Histogram, quant: Codec, norm: dict) -> Statisti
         eps_rstd = _fake_quant(
             rstd_square * _fake_quant(np.float64(norm["eps"]), second["eps"]), second["eps_rstd"]
         )
-        y = (y_codes - second["scaled"][1]) * second["scaled"][0]
         stats["mean_second"], stats["rstd_second"], _ = _pass(
-            counts, y_codes, second["scaled"], y, second, eps_rstd
+            counts, y_codes, second["scaled"], second, eps_rstd
         )
     return stats
 
 
 def _pass(
-    counts: np.ndarray, codes: np.ndarray, q: list, values: np.ndarray, chain: dict, eps: np.ndarray
+    counts: np.ndarray, codes: np.ndarray, q: list, chain: dict, eps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass of a norm's statistics over a map given as `counts` of its `codes` on the grid
-    `q` (real `values`): the mean, rstd = 1/sqrt(var + eps), each step rounded as `chain`
-    says, and (x - mean) x rstd of each code, unrounded."""
+    `q`: the mean, rstd = 1/sqrt(var + eps), each step rounded as `chain` says, and
+    (x - mean) x rstd of each code, unrounded."""
     mean = _fake_quant(_exact_mean(counts, codes, q), chain["mean"])  # (C,)
-    centered = _fake_quant(values - mean[:, None], chain["centered"])  # (C, 256)
+    x = (codes - q[1]) * q[0]  # the codes' real values, as Codec.decode gives them
+    centered = _fake_quant(x - mean[:, None], chain["centered"])  # (C, 256)
     square = _codes(centered * centered, chain["square"])
     var = _fake_quant(_exact_mean(counts, square, chain["square"]), chain["var"])
     var_eps = _fake_quant(var + eps, chain["var_eps"])
