@@ -5,6 +5,8 @@ first's, so the staged whole-photo path is still the reference model bit for bit
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,3 +157,19 @@ def test_qat_starts_from_the_two_pass_ptq_ranges(quant_models, two_pass):
         want = getattr(theirs[name], "activation_post_process", theirs[name]).calculate_qparams()
         for got, expected in zip(fq.calculate_qparams(), want, strict=True):
             torch.testing.assert_close(got.reshape(-1).float(), expected.reshape(-1).float(), msg=name)
+
+
+def test_norm_statistics_tool_finds_every_op_of_both_passes(two_pass):
+    """`tools/norm_statistics.py` unquantizes each chosen op in every norm, the second pass's
+    under their own names; a choice that matched nothing would score the model unchanged."""
+    path = Path(__file__).parents[1] / "tools" / "norm_statistics.py"
+    spec = importlib.util.spec_from_file_location("norm_statistics", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    fp32, ptq = two_pass
+    norms = len(_norms(fp32))
+    per_norm = {"mean": 2, "centered": 1, "square": 1, "eps": 1, "rsqrt": 1, "scaled": 1}
+    per_norm |= {f"{kind}2": n for kind, n in per_norm.items()} | {"rstd_sq2": 1, "eps_rstd2": 1}
+    counts = {kind: tool.float_norm_ops(ptq.net, kind)[1] for kind in per_norm}
+    assert counts == {kind: n * norms for kind, n in per_norm.items()}
+    assert tool.float_norm_ops(ptq.net, "stats2")[1] == 9 * norms

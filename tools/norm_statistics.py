@@ -8,7 +8,10 @@ float value passes on; every other tensor stays int8. One op each: `mean` (both 
 and the variance), `square` ((x - mean)^2), `eps` (var + eps), `rsqrt`, `scaled` ((x - mean) x
 rstd, the norm's output before its affine), `centered` (x - mean); `stats` is the first five
 (what the tables of docs/results.md labelled "the statistics" measured, the scaled map
-included); `OPS:NORM` only in the norm of that module path (e.g. `stats:refine2.norm`). Each
+included); `OPS:NORM` only in the norm of that module path (e.g. `stats:refine2.norm`). In a
+two-pass checkpoint (`--norm-passes 2`) the second pass's ops carry a `2`: `mean2`, `centered2`,
+`square2`, `rstd_sq2` (rstd^2), `eps_rstd2` (eps x rstd^2), `eps2`, `rsqrt2`, `scaled2`; `stats2`
+is all of them. Each
 choice is scored on the validation and test photos of `qaie quantize`'s split (a hash of the
 names) at --size, as PSNR of the output rounded to 8 bits against the FP32 checkpoint's output,
 per photo. The output's mean error per photo (in LSB) and the share of the squared error it
@@ -36,29 +39,46 @@ from qaie.runtime.litert import parse_size
 
 aten = torch.ops.aten
 QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
-GROUPS = {"stats": {"mean", "square", "eps", "rsqrt", "scaled"}}
+DEQUANTIZE = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+SECOND = {"mean2", "centered2", "square2", "rstd_sq2", "eps_rstd2", "eps2", "rsqrt2", "scaled2"}
+GROUPS = {"stats": {"mean", "square", "eps", "rsqrt", "scaled"}, "stats2": SECOND}
 
 
 def op_kind(node: torch.fx.Node) -> str | None:
     """Which op of an InstanceNorm's chain `node` is (see the module docstring)."""
     if node.op != "call_function":
         return None
+    stack = _stack(node)
+    second = "2" if stack and str(stack[-1][1]).endswith("SecondPass") else ""
     if node.target == aten.mul.Tensor:
-        return "square" if node.args[0] is node.args[1] else "scaled"
+        a, b = (_computed(x) for x in node.args)
+        if a is b:  # a square: of the centred map, or (second pass) of the first pass's rstd
+            return "square" + second if not second or a.target == aten.sub.Tensor else "rstd_sq2"
+        constant = not isinstance(b, torch.fx.Node) or b.op == "get_attr"
+        return "eps_rstd2" if second and constant else "scaled" + second
     kinds = {
         aten.mean.dim: "mean",
         aten.add.Tensor: "eps",
         aten.rsqrt.default: "rsqrt",
         aten.sub.Tensor: "centered",
     }
-    return kinds.get(node.target)
+    return kinds[node.target] + second if node.target in kinds else None
+
+
+def _computed(arg: object) -> object:
+    """The op that computed `arg`, past the quantize/dequantize pairs between."""
+    while isinstance(arg, torch.fx.Node) and arg.target in (QUANTIZE, DEQUANTIZE):
+        arg = arg.args[0]
+    return arg
+
+
+def _stack(node: torch.fx.Node) -> list[tuple[str, object]]:
+    return list((node.meta.get("nn_module_stack") or {}).values())
 
 
 def norm_of(node: torch.fx.Node) -> str | None:
-    """The module path of the InstanceNorm `node` belongs to, if any."""
-    stack = node.meta.get("nn_module_stack") or {}
-    path, kind = list(stack.values())[-1] if stack else ("", "")
-    return path if "InstanceNorm" in str(kind) else None
+    """The module path of the InstanceNorm `node` belongs to (its second pass included), if any."""
+    return next((path for path, kind in reversed(_stack(node)) if "InstanceNorm" in str(kind)), None)
 
 
 def float_norm_ops(prepared: GraphModule, choice: str) -> tuple[GraphModule, int]:
@@ -88,8 +108,8 @@ def main() -> None:
     parser.add_argument(
         "choices",
         nargs="+",
-        help="none, stats, or ops (mean, square, eps, rsqrt, scaled, centered), comma-joined; "
-        ":NORM for one norm",
+        help="none, stats, stats2, or ops (mean, square, eps, rsqrt, scaled, centered; a second pass's "
+        "with a 2, see above), comma-joined; :NORM for one norm",
     )
     parser.add_argument("--photos", required=True)
     parser.add_argument("--size", required=True, help="HxW, as given to qaie quantize")
