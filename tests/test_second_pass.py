@@ -23,6 +23,7 @@ from qaie.quant.split import find_norms
 from qaie.quant.tflite_ops import inspect_tflite
 from qaie.runtime.codec import Codec
 from qaie.runtime.litert import TFLiteModel, enhance_image
+from qaie.runtime.registry import open_deployed
 from qaie.runtime.wholephoto import enhance_whole, norm_statistics
 
 
@@ -125,6 +126,30 @@ def test_two_pass_int8_file_is_integer_only_and_whole_photo(two_pass, tmp_path):
     assert psnr(out, reference(reference_model(ptq.net), photo)) >= 40
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "executorch"])
+def test_two_pass_stages_in_every_runtime(two_pass, tmp_path, runtime: str):
+    """`qaie quantize --out F.onnx|.pte` quantizes in two passes by default: ONNX Runtime's and
+    ExecuTorch's stages in windows against the reference model's whole-photo output."""
+    pytest.importorskip(runtime, reason=f"the {runtime} extra is not installed")
+    from qaie.quant.export_executorch import export_pte
+    from qaie.quant.export_onnx import export_onnx
+
+    _, ptq = two_pass
+    path = tmp_path / ("two_pass.onnx" if runtime == "onnxruntime" else "two_pass.pte")
+    if runtime == "onnxruntime":
+        export_onnx(ptq.net, "int8", path, stage_windows=[WINDOW], phases=False)
+    else:
+        export_pte(ptq.net, "int8", [WINDOW], path, phases=False)
+    model = open_deployed(path, 2)
+    model.memory_budget = 0  # stages for every photo
+    for seed, (h, w) in enumerate([(264, 336), (392, 520)]):
+        photo = gradient_photo(h, w, seed)
+        out = enhance_image(model, photo)
+        print(runtime, seed, psnr(out, reference(reference_model(ptq.net), photo)))
+        assert psnr(out, reference(reference_model(ptq.net), photo)) >= 40
+
+
 def test_qat_saturates_a_zero_second_variance_as_int8_does(quant_models):
     """A flat channel can round var + eps x rstd^2 to 0 as well: once the ranges are fixed, QAT
     must hand rsqrt a value whose rsqrt clamps to the top of its range, as the int8 model's
@@ -146,16 +171,18 @@ def test_qat_saturates_a_zero_second_variance_as_int8_does(quant_models):
 
 
 def test_qat_starts_from_the_two_pass_ptq_ranges(quant_models, two_pass):
-    """`qaie quantize` trains from PTQ's ranges: each fake-quant takes its observer's, and the
-    second pass's fixed ones stay fixed."""
+    """`qaie quantize` trains from PTQ's ranges: once frozen, each fake-quant computes with its
+    observer's scale and zero point, and the second pass's fixed ones with theirs (a fixed var + eps
+    once kept the fake-quant's initial scale 1: QAT trained on another grid than the file's)."""
     fp32, ptq = two_pass
     qat = quantize.prepare_qat(fp32, quant_models.crops[:2])
     quantize.adopt_ranges(qat, ptq.net)
+    quantize.freeze_observers(qat)
     ours, theirs = quantize._watchers(qat), quantize._watchers(ptq.net)
     assert ours.keys() == theirs.keys()
     for name, fq in ours.items():
         want = getattr(theirs[name], "activation_post_process", theirs[name]).calculate_qparams()
-        for got, expected in zip(fq.calculate_qparams(), want, strict=True):
+        for got, expected in zip((fq.scale, fq.zero_point), want, strict=True):
             torch.testing.assert_close(got.reshape(-1).float(), expected.reshape(-1).float(), msg=name)
 
 

@@ -598,11 +598,13 @@ def adopt_ranges(fake_quant: GraphModule, observed: GraphModule) -> None:
     ours, theirs = _watchers(fake_quant), _watchers(observed)
     assert ours.keys() == theirs.keys(), "graphs of different networks"
     for node, fq in ours.items():
-        if isinstance(fq.activation_post_process, FixedQParamsObserver):
-            continue  # fixed by the quantizer (I/O, tanh, a second pass's statistics)
-        source = getattr(theirs[node], "activation_post_process", theirs[node])  # QAT's, or PTQ's observer
-        fq.activation_post_process.min_val = source.min_val.clone()
-        fq.activation_post_process.max_val = source.max_val.clone()
+        # a fixed grid (I/O, tanh, a second pass's statistics) is the quantizer's, not observed;
+        # a fake-quant over a fixed observer still takes it from there (its own starts at 1, 0)
+        if not isinstance(fq.activation_post_process, FixedQParamsObserver):
+            # QAT's, or PTQ's observer
+            source = getattr(theirs[node], "activation_post_process", theirs[node])
+            fq.activation_post_process.min_val = source.min_val.clone()
+            fq.activation_post_process.max_val = source.max_val.clone()
         scale, zero_point = fq.activation_post_process.calculate_qparams()
         fq.scale.resize_(scale.shape).copy_(scale)
         fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
