@@ -146,8 +146,8 @@ def test_two_pass_stages_in_every_runtime(two_pass, tmp_path, runtime: str):
     for seed, (h, w) in enumerate([(264, 336), (392, 520)]):
         photo = gradient_photo(h, w, seed)
         out = enhance_image(model, photo)
-        print(runtime, seed, psnr(out, reference(reference_model(ptq.net), photo)))
-        assert psnr(out, reference(reference_model(ptq.net), photo)) >= 40
+        # measured 74-81 dB: this trained width-4 network (a random one's ONNX stages: 37 dB)
+        assert psnr(out, reference(reference_model(ptq.net), photo)) >= 60
 
 
 def test_qat_saturates_a_zero_second_variance_as_int8_does(quant_models):
