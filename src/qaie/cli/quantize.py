@@ -50,15 +50,7 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         help="windows of --size per photo for calibration, QAT, validation and test (default 1; e.g. 64 "
         "for 100x100 patches)",
     )
-    p.add_argument(
-        "--norm-passes",
-        type=int,
-        choices=(1, 2),
-        default=2,
-        help="2 (default): each norm takes its statistics a second time from its normalised map, the same "
-        "FP32 function with int8 statistics fitted to each map (+1.6-2.3 dB on the official weights, 6%% "
-        "slower); 1: the plain form (docs/results.md, 'Norms in two passes')",
-    )
+    add_norm_passes(p, default=2)
     p.add_argument("--test-limit", type=int, help="fidelity on the first N test photos only")
     p.add_argument("--json", metavar="OUT", help="also write the numbers as JSON to OUT")
     p.set_defaults(handler=_run_quantize)
@@ -136,17 +128,26 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="first bring each norm's input channels to one range (the same function; as `qaie quantize` "
         "does): for models whose flat photos lose their norm statistics, e.g. imported ones",
     )
+    add_norm_passes(p, default=None)
+    p.add_argument("--out", required=True, help="PTQ checkpoint to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=_run_calibrate)
+
+
+def add_norm_passes(p: argparse.ArgumentParser, default: int | None) -> None:
+    """`--norm-passes`: 2 for `qaie quantize` (measured better everywhere it was tried), the
+    checkpoint's form for `qaie calibrate` (None), which the demo and the shipped model use."""
     p.add_argument(
         "--norm-passes",
         type=int,
         choices=(1, 2),
-        help="2: each norm takes its statistics a second time from its normalised map, the same FP32 "
-        "function with int8 statistics fitted to each map, as `qaie quantize` does by default (default: "
-        "the checkpoint's)",
+        default=default,
+        help=f"2{' (default)' if default == 2 else ''}: each norm takes its statistics a second time from its "
+        "normalised map, the same FP32 function with int8 statistics fitted to each map (+1.6-2.3 dB on the "
+        "official weights, 6%% slower); 1: the plain form"
+        + ("" if default else "; default: the checkpoint's")
+        + " (docs/results.md, 'Norms in two passes')",
     )
-    p.add_argument("--out", required=True, help="PTQ checkpoint to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
-    p.set_defaults(handler=_run_calibrate)
 
 
 def _run_calibrate(args: argparse.Namespace) -> None:
