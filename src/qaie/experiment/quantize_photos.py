@@ -94,8 +94,6 @@ class QuantizeConfig:
             raise QaieError(f"--qat-epochs must be >= 0, got {self.qat_epochs}")
         if self.crops < 1:
             raise QaieError(f"--crops must be >= 1, got {self.crops}")
-        if self.norm_passes not in (1, 2):
-            raise QaieError(f"--norm-passes must be 1 or 2, got {self.norm_passes}")
         if self.shrink is None:
             object.__setattr__(self, "shrink", 2 if min(self.size) >= SHRINK_FROM else 1)
 
@@ -128,6 +126,7 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
     loaded = load_model(config.checkpoint)
     if loaded.quant is not None:
         raise QaieError(f"{config.checkpoint}: already quantized ({loaded.quant}); give the FP32 checkpoint")
+    model = dataclasses.replace(loaded.config, norm_passes=config.norm_passes)  # ModelConfig checks it
     registry.runtime(config.out).check_output(config.out, True)
     # every split checked before any work (too few photos, or smaller than --size)
     photos = {
@@ -166,7 +165,6 @@ def quantize_from_photos(config: QuantizeConfig) -> QuantizeResult:
             learn_ranges=config.learn_ranges,
         )
         run = config.work / "qat"
-        model = dataclasses.replace(loaded.config, norm_passes=config.norm_passes)
         result = train(model, qat, run, resume=(run / "last.ckpt").exists())
         candidates = {"ptq": ptq, "qat": result.best}
         validation = {

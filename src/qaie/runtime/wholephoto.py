@@ -85,7 +85,12 @@ def _fake_quant(values: np.ndarray, q: list | None) -> np.ndarray:
     """Round to an int8 grid [scale, zero_point] as torch's quantize/dequantize do."""
     if q is None:
         return values
-    return (_codes(values, q) - q[1]) * q[0]
+    return _values(_codes(values, q), q)
+
+
+def _values(codes: np.ndarray, q: list) -> np.ndarray:
+    """The real values of int8 codes on the grid [scale, zero_point] (as `Codec.decode`)."""
+    return (codes - q[1]) * q[0]
 
 
 def _exact_mean(counts: np.ndarray, codes: np.ndarray, q: list) -> np.ndarray:
@@ -211,8 +216,7 @@ def _pass(
     `q`: the mean, rstd = 1/sqrt(var + eps), each step rounded as `chain` says, and
     (x - mean) x rstd of each code, unrounded."""
     mean = _fake_quant(_exact_mean(counts, codes, q), chain["mean"])  # (C,)
-    x = (codes - q[1]) * q[0]  # the codes' real values, as Codec.decode gives them
-    centered = _fake_quant(x - mean[:, None], chain["centered"])  # (C, 256)
+    centered = _fake_quant(_values(codes, q) - mean[:, None], chain["centered"])  # (C, 256)
     square = _codes(centered * centered, chain["square"])
     var = _fake_quant(_exact_mean(counts, square, chain["square"]), chain["var"])
     var_eps = _fake_quant(var + eps, chain["var_eps"])
