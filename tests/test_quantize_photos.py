@@ -22,6 +22,7 @@ from qaie.experiment.quantize_photos import QuantizeConfig
 from qaie.experiment.train import EnhanceModule, TrainConfig, initial_net
 from qaie.nn.model import EnhanceNet
 from qaie.quant import quantize
+from qaie.quant.calibrate import calibrate_checkpoint
 from qaie.quant.checkpoint import load_model
 from qaie.quant.tflite_ops import inspect_tflite
 
@@ -240,6 +241,24 @@ def test_learned_ranges_move_and_reach_the_converted_graph(
     )
     for node in moved:
         assert (used / after[node].scale - 1).abs().min() < 1e-6, node
+
+
+def test_train_takes_the_norm_form_of_its_ranges(
+    quant_models, photo_folder: Path, tmp_path: Path, capsys
+) -> None:
+    """`qaie train --qat --ranges` of a two-pass PTQ checkpoint (`qaie quantize`'s ptq.ckpt)
+    trains the two-pass network (it was refused: the flags' form was always one pass);
+    --norm-passes 1 against it is a one-line error."""
+    ptq = tmp_path / "ptq2.ckpt"
+    calibrate_checkpoint(quant_models.ckpt["fp32"], "builtin", ptq, images=8, crop=32, norm_passes=2)
+    args = ["train", "--data", f"photos:{photo_folder}", "--width", "4", "--qat", "--init"]
+    args += [str(quant_models.ckpt["fp32"]), "--ranges", str(ptq), "--epochs", "1", "--batch-size", "2"]
+    args += ["--crop", "64x64", "--val-crop", "64x64", "--lr", "1e-5"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    assert load_model(tmp_path / "run" / "last.ckpt").config.norm_passes == 2
+    capsys.readouterr()
+    assert main([*args, "--norm-passes", "1", "--out", str(tmp_path / "one")]) == 2
+    assert capsys.readouterr().err.strip().endswith("norm_passes=2 but the flags give 1")
 
 
 def test_frames_only_for_photos(photo_folder: Path) -> None:

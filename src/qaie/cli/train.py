@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from qaie.cli.common import add_model_args, model_config_from_args
+from qaie.cli.quantize import add_norm_passes
 from qaie.data.spec import SPEC_SYNTAX
 from qaie.errors import QaieError
 
@@ -57,6 +58,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="QAT: start from this PTQ checkpoint (qaie calibrate) or QAT checkpoint: its weights, and "
         "its ranges, kept",
     )
+    add_norm_passes(p, default=None)  # None: the --ranges checkpoint's form, else 1
     p.add_argument(
         "--shrink", type=int, default=1, help="average-pool each training batch by this factor (default 1)"
     )
@@ -68,6 +70,19 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "rate, e.g. 1e-4 (default: the ranges stay as set)",
     )
     p.set_defaults(handler=_run_train)
+
+
+def _model_config(args: argparse.Namespace):  # -> ModelConfig (lazy import)
+    """The flags' network, its norms in the form --norm-passes gives, or else the --ranges
+    checkpoint's (a two-pass PTQ checkpoint of `qaie quantize` trains as two-pass QAT)."""
+    import dataclasses
+
+    from qaie.quant.checkpoint import checkpoint_config, read_checkpoint
+
+    passes = args.norm_passes
+    if passes is None and args.ranges is not None:
+        passes = checkpoint_config(args.ranges, read_checkpoint(args.ranges), None).norm_passes
+    return dataclasses.replace(model_config_from_args(args), norm_passes=passes or 1)
 
 
 def _crop(text: str, flag: str) -> int | tuple[int, int]:
@@ -112,7 +127,7 @@ def _run_train(args: argparse.Namespace) -> int:
         shrink=args.shrink,
         learn_ranges=args.learn_ranges,
     )
-    result = train(model_config_from_args(args), config, args.out, resume=args.resume)
+    result = train(_model_config(args), config, args.out, resume=args.resume)
     if result.rank != 0:
         return 0
     if result.already_finished:
