@@ -136,7 +136,8 @@ def add_calibrate(sub: argparse._SubParsersAction) -> None:
 
 def add_norm_passes(p: argparse.ArgumentParser, default: int | None) -> None:
     """`--norm-passes`: 2 for `qaie quantize` (measured better everywhere it was tried), the
-    checkpoint's form for `qaie calibrate` (None), which the demo and the shipped model use."""
+    checkpoint's form for `qaie calibrate` and `qaie train` (None: its --ranges checkpoint's),
+    which the demo and the shipped model use."""
     p.add_argument(
         "--norm-passes",
         type=int,
