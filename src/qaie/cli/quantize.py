@@ -100,7 +100,7 @@ def _run_quantize(args: argparse.Namespace) -> None:
         print(f"  (PTQ alone: PSNR {result.ptq_fidelity.psnr:.2f} dB)")
     if result.validation:
         scores = ", ".join(f"{k.upper()} {v:.2f}" for k, v in result.validation.items())
-        print(f"  chosen on the validation photos (PSNR to FP32, dB): {scores}")
+        print(f"  chosen on the validation photos (each file's PSNR to FP32, dB): {scores}")
     identical = " (identical)" if p.max_abs_lsb == 0 else ""
     print(f"  parity with its checkpoint: PSNR {p.psnr:.2f} dB, max {p.max_abs_lsb} LSB{identical}")
     print("  minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in result.minutes.items()))

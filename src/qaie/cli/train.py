@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from qaie.cli.common import add_model_args, model_config_from_args
@@ -75,8 +76,6 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def _model_config(args: argparse.Namespace):  # -> ModelConfig (lazy import)
     """The flags' network, its norms in the form --norm-passes gives, or else the --ranges
     checkpoint's (a two-pass PTQ checkpoint of `qaie quantize` trains as two-pass QAT)."""
-    import dataclasses
-
     from qaie.quant.checkpoint import checkpoint_config, read_checkpoint
 
     passes = args.norm_passes
