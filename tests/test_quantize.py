@@ -203,7 +203,7 @@ def test_ptq_searches_each_activations_range_over_all_batches() -> None:
             )
     quantize.calibrate(graph, [torch.rand(2, 3, 32, 32) * k for k in (0.3, 1.0, 0.6)])
     assert {k: type(m) for k, m in graph.named_children()} == layout
-    tanh_inputs = {n.args[0].target for n in _nodes(graph, aten.tanh.default)}  # the next test's
+    tanh_inputs = {n.args[0].target for n in _nodes(graph, aten.tanh.default)}  # cut: next test
     searched = clipped = 0
     for name, inputs in seen.items():
         if name in tanh_inputs:

@@ -90,7 +90,8 @@ TANH_ZERO_POINT = 0
 # The range a tanh's input needs: its int8 output takes its end codes -128 and 127 from
 # x <= -atanh(127.5 / 128) = -3.12 and x >= atanh(126.5 / 128) = 2.57, so wider values give the
 # codes they would give clipped here (with a margin). PTQ's histogram search, which sees only the
-# input's own error, set [-9.8, 12.5] on the official weights: 2-3x coarser steps for nothing.
+# input's own error, set ranges up to [-7.3, 12.5] on the official weights: 2-3x coarser steps
+# for nothing.
 TANH_INPUT_RANGE = (-3.2, 2.7)
 PTQ_AVERAGING = 0.1  # PTQ's moving-average constant (torch's default 0.01 lets the first batch decide)
 # rsqrt of it (1e6) is above any rsqrt range, since var + eps >= eps (1e-5); its gradient stays finite
