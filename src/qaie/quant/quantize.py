@@ -49,6 +49,7 @@ from torch.export import Dim
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e import (
     FakeQuantize,
+    FakeQuantizeBase,
     disable_observer,
     enable_observer,
 )
@@ -520,18 +521,16 @@ def limit_tanh_inputs(prepared: GraphModule) -> None:
     """Cut the range of each tensor that a tanh reads to `TANH_INPUT_RANGE` (never widen it):
     the deployed tanh gives the same codes, on a finer input grid. In a fake-quant graph the
     fake-quant takes the new range at once."""
+    low, high = TANH_INPUT_RANGE
     for node in prepared.graph.nodes:
         if not is_op(node, aten.tanh.default):
             continue
         module = getattr_from_fqn(prepared, node.args[0].target)
         observer = getattr(module, "activation_post_process", module)
-        low, high = TANH_INPUT_RANGE
         observer.min_val = observer.min_val.clamp(min=low, max=0.0)
         observer.max_val = observer.max_val.clamp(min=0.0, max=high)
         if observer is not module:
-            scale, zero_point = observer.calculate_qparams()
-            module.scale.copy_(scale.reshape(module.scale.shape))
-            module.zero_point.copy_(zero_point.reshape(module.zero_point.shape))
+            _take_observer_range(module)
 
 
 class _RangeSearch(torch.nn.Module):
@@ -632,9 +631,15 @@ def adopt_ranges(fake_quant: GraphModule, observed: GraphModule) -> None:
             source = getattr(theirs[node], "activation_post_process", theirs[node])
             fq.activation_post_process.min_val = source.min_val.clone()
             fq.activation_post_process.max_val = source.max_val.clone()
-        scale, zero_point = fq.activation_post_process.calculate_qparams()
-        fq.scale.resize_(scale.shape).copy_(scale)
-        fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        _take_observer_range(fq)
+
+
+def _take_observer_range(fq: FakeQuantizeBase) -> None:
+    """The fake-quant computes with its observer's range from now on (with the observer off,
+    its scale and zero point would otherwise keep their last values)."""
+    scale, zero_point = fq.activation_post_process.calculate_qparams()
+    fq.scale.resize_(scale.shape).copy_(scale)
+    fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
 
 
 def _watchers(graph: GraphModule) -> dict[str, torch.nn.Module]:
