@@ -522,10 +522,11 @@ def limit_tanh_inputs(prepared: GraphModule) -> None:
     the deployed tanh gives the same codes, on a finer input grid. In a fake-quant graph the
     fake-quant takes the new range at once."""
     low, high = TANH_INPUT_RANGE
+    watchers = _watchers(prepared)
     for node in prepared.graph.nodes:
         if not is_op(node, aten.tanh.default):
             continue
-        module = getattr_from_fqn(prepared, node.args[0].target)
+        module = watchers[_source(node.args[0]).name]
         observer = getattr(module, "activation_post_process", module)
         observer.min_val = observer.min_val.clamp(min=low, max=0.0)
         observer.max_val = observer.max_val.clamp(min=0.0, max=high)
@@ -580,17 +581,17 @@ def learn_scales(prepared: GraphModule) -> list[Tensor]:
     its square, rsqrt; the means and var + eps have their own fake-quants), nor a tanh's input
     (`limit_tanh_inputs`), and the fixed grids of the image, the output and tanh stay fixed.
     After each optimizer step `sync_learned_ranges`."""
-    chain = set()  # each norm's rsqrt, x - mean and its square, from rsqrt back; tanh inputs
+    fixed = set()  # each norm's rsqrt, x - mean and its square, from rsqrt back; tanh inputs
     for node in prepared.graph.nodes:
-        if node.op == "call_function" and node.target == aten.rsqrt.default:
+        if is_op(node, aten.rsqrt.default):
             var = _source(_source(node.args[0]).args[0])
             square = _source(var.args[0])
-            chain |= {node.name, square.name, _source(square.args[0]).name}
+            fixed |= {node.name, square.name, _source(square.args[0]).name}
         if is_op(node, aten.tanh.default):
-            chain.add(_source(node.args[0]).name)
+            fixed.add(_source(node.args[0]).name)
     learned = {}
     for name, module in _watchers(prepared).items():
-        if isinstance(module, LearnedScaleFakeQuantize) and name not in chain:
+        if isinstance(module, LearnedScaleFakeQuantize) and name not in fixed:
             assert module.observer_enabled[0] == 0, "learn_scales needs frozen ranges"
             learned[id(module)] = module
     for module in learned.values():
