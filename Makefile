@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/qaie demo --out runs/demo
 
-# One pytest worker per core (pytest-xdist); worksteal evens out the few long tests.
+# One pytest worker per core (pytest-xdist; a worker that runs out takes the other's queued tests).
+# Each keeps torch's default threads: with one, two exactness tests fail under
+# ATEN_CPU_CAPABILITY=default (test_two_pass_stages_in_every_runtime, 38-39 dB for >= 60).
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist worksteal
 

@@ -10,11 +10,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("QAIE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
-# Under pytest-xdist (`make test`) the workers share the cores: each takes its share of torch's
-# threads, which also run the CLI subprocesses, instead of all of them. Set before torch loads.
-if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
-
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
