@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/qaie demo --out runs/demo
 
-# One pytest worker per core (pytest-xdist; a worker that runs out takes the other's queued tests).
+# One pytest worker per core (pytest-xdist; a worker that runs out takes queued tests from the others).
 # Each keeps torch's default threads: with one, two exactness tests fail under
 # ATEN_CPU_CAPABILITY=default (test_two_pass_stages_in_every_runtime, 38-39 dB for >= 60).
 test: $(STAMP)
